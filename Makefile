@@ -1,0 +1,30 @@
+# Each target creates or reuses the local virtual environment first. torch==2.13.0 is installed
+# before anything that depends on it, so pip takes the CPU wheel instead of a multi-GB CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fedaux-installed
+CONFIG ?= conf/quic.yaml
+
+.PHONY: train test test-slow bench lint
+
+$(STAMP): pyproject.toml setup.cfg
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+train: $(STAMP)  ## the main job: FedAuxHMTL on the embedded QUIC flows
+	$(VENV)/bin/fedaux-train --config $(CONFIG) $(ARGS)
+
+test: $(STAMP)  ## the fast suite (a few minutes on 2 cores)
+	$(VENV)/bin/pytest -q
+
+test-slow: $(STAMP)  ## long end-to-end tests, run separately
+	$(VENV)/bin/pytest -q -m slow
+
+bench: $(STAMP)
+	$(VENV)/bin/fedaux-bench --config conf/bench.yaml
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fedaux callbacks tests benchmarks

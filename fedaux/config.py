@@ -1,0 +1,276 @@
+"""The experiment config: a structured schema, YAML files that extend each other, and overrides.
+
+Every YAML file is merged onto the schema below, so an unknown key or a wrong type stops with the
+key, the bad value and what would be valid. A file may start with ``extends: other.yaml`` (a path
+relative to itself) and then state only what differs. A head set to ``null`` is removed, which is
+how a baseline drops the auxiliary heads of the file it extends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is not valid; the message says which and what would be."""
+
+
+# ---------------------------------------------------------------------------------------- schema
+@dataclass
+class TargetConfig:
+    fn: str = MISSING  # registry name or "package.module:function"
+    bins: Optional[list[float]] = None  # class edges; None keeps the raw value (regression)
+
+
+@dataclass
+class PartitionConfig:
+    scheme: str = "dirichlet"  # iid | dirichlet | shards
+    alpha: float = 0.5
+    shards_per_client: int = 2
+
+
+@dataclass
+class DataConfig:
+    root: Optional[str] = None  # None: embedded store; a raw folder or a store file otherwise
+    on_bad_flow: str = "error"  # error | skip
+    packets: int = 60
+    subflows_per_flow: int = 32
+    min_packets: int = 10
+    test_fraction: float = 0.2
+    labeled_fraction: float = 0.1
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    # The paper's derived targets; bins in bytes/s and seconds. Add more here or by config.
+    targets: dict[str, TargetConfig] = field(
+        default_factory=lambda: {
+            "traffic_class": TargetConfig(fn="traffic_class"),
+            "bandwidth": TargetConfig(fn="bandwidth", bins=[1e4, 5e4, 1e5, 1e6]),
+            "duration": TargetConfig(fn="duration", bins=[10.0, 30.0, 60.0]),
+        }
+    )
+
+
+@dataclass
+class TrunkConfig:
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    convs_per_block: int = 2
+    kernel_size: int = 3
+    dense: list[int] = field(default_factory=lambda: [256, 256])
+    dropout: float = 0.0
+    cls: Optional[str] = None  # import path of another trunk class taking the same arguments
+
+
+@dataclass
+class HeadConfig:
+    target: str = MISSING  # a name in data.targets
+    kind: str = "classification"  # classification | regression
+    loss: Optional[str] = None  # cross_entropy | mse | l1 | smooth_l1; default by kind
+    out_features: Optional[int] = None  # inferred from the target when None
+    hidden: int = 0  # width of a hidden layer in the head; 0 for a linear head
+    cls: Optional[str] = None  # import path of a custom head class
+
+
+@dataclass
+class WeightingConfig:
+    name: str = "random"  # random | equal | fixed | uncertainty | dwa
+    weights: dict[str, float] = field(default_factory=dict)  # fixed: weight per task
+    draw_main: bool = False  # random: draw the main task's weight too
+    std: float = 1.0  # random: std of the Gaussian draws
+    temperature: float = 2.0  # dwa
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+
+
+@dataclass
+class ModelConfig:
+    main_task: str = "traffic_class"
+    trunk: TrunkConfig = field(default_factory=TrunkConfig)
+    heads: dict[str, Optional[HeadConfig]] = field(
+        default_factory=lambda: {"traffic_class": HeadConfig(target="traffic_class")}
+    )
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+
+@dataclass
+class FederatedConfig:
+    engine: str = "inprocess"  # inprocess | flower
+    rounds: int = 30
+    base_stations: int = 10
+    edge_servers: int = 2
+    fraction: float = 1.0
+    local_epochs: int = 1
+    batch_size: int = 32
+    eval_batch_size: int = 1024
+    gradient_clip_val: Optional[float] = 1.0
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "fedaux"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    energy: bool = True
+    progress: bool = True
+    plots: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "fedauxhmtl"
+    seed: int = 0
+    output_dir: str = "outputs"
+    target_accuracy: float = 0.8
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+CHOICES = {
+    "data.on_bad_flow": ("error", "skip"),
+    "data.partition.scheme": ("iid", "dirichlet", "shards"),
+    "model.weighting.name": ("random", "equal", "fixed", "uncertainty", "dwa"),
+    "model.optimizer.name": ("adam", "adamw", "sgd"),
+    "federated.engine": ("inprocess", "flower"),
+    "logging.wandb.mode": ("offline", "online", "disabled"),
+}
+
+
+# ---------------------------------------------------------------------------------------- loading
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
+    """Read a YAML file, resolving its ``extends:`` chain (base first)."""
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{path}: 'extends' forms a cycle: {' -> '.join(str(p) for p in (*chain, path))}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:  # YAML syntax errors come in several exception types
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    base = node.pop("extends", None)
+    if base is None:
+        return node
+    return OmegaConf.merge(_read_yaml(path.parent / str(base), (*chain, path)), node)
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, DictConfig):
+        return []
+    keys = []
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        keys.extend(_flat_keys(node._get_node(key), f"{full}."))
+    return keys
+
+
+def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    msg = getattr(err, "msg", None) or str(err)
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    try:
+        siblings = list(OmegaConf.select(schema, parent).keys()) if parent else list(schema.keys())
+    except Exception:
+        siblings = []
+    hint = f"; valid keys here: {sorted(map(str, siblings))}" if "not in struct" in msg or "Key '" in msg else ""
+    return ConfigError(f"{source}: invalid config key {key!r}: {msg.splitlines()[0]}{hint}")
+
+
+def normalise_overrides(overrides: list[str]) -> list[str]:
+    """Accept ``key=value`` and the W&B agent's ``--key=value`` alike."""
+    out = []
+    for item in overrides:
+        item = item[2:] if item.startswith("--") else item
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        out.append(item)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Schema defaults, then the YAML file (with its ``extends`` chain), then ``key=value`` overrides.
+
+    Raises:
+        ConfigError: naming the file or override, the key, the bad value and the valid choices.
+    """
+    schema = OmegaConf.structured(ExperimentConfig)
+    cfg = schema.copy()
+    sources: list[tuple[str, DictConfig]] = []
+    if path is not None:
+        sources.append((str(path), _read_yaml(Path(path))))
+    for item in normalise_overrides(list(overrides)):
+        try:
+            sources.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
+        except Exception as err:
+            raise ConfigError(f"override {item!r}: {err}") from None
+    for source, node in sources:
+        try:
+            cfg = OmegaConf.merge(cfg, node)
+        except OmegaConfBaseException as err:
+            raise _explain(err, schema, source) from None
+    heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
+    cfg.model.heads = heads
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks the schema's types cannot express: choices, ranges and cross-references."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
+    positive = ["data.packets", "data.subflows_per_flow", "federated.rounds", "federated.base_stations",
+                "federated.edge_servers", "federated.local_epochs", "federated.batch_size", "federated.eval_batch_size"]
+    for key in positive:
+        if OmegaConf.select(cfg, key) < 1:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
+    if cfg.federated.edge_servers > cfg.federated.base_stations:
+        raise ConfigError(
+            f"federated.edge_servers={cfg.federated.edge_servers} exceeds federated.base_stations="
+            f"{cfg.federated.base_stations}; every edge server needs a base station"
+        )
+    for key, lo, hi in [("federated.fraction", 0.0, 1.0), ("data.labeled_fraction", 0.0, 1.0),
+                        ("data.test_fraction", 0.0, 0.99), ("target_accuracy", 0.0, 1.0)]:
+        value = OmegaConf.select(cfg, key)
+        if not lo <= value <= hi or (key == "federated.fraction" and value == 0):
+            raise ConfigError(f"{key}={value} must be in {'(' if key == 'federated.fraction' else '['}{lo}, {hi}]")
+    if cfg.model.optimizer.lr <= 0:
+        raise ConfigError(f"model.optimizer.lr={cfg.model.optimizer.lr} must be > 0")
+    if not cfg.data.targets:
+        raise ConfigError("data.targets is empty; define at least the main task's target (traffic_class)")
+    if cfg.model.main_task not in cfg.model.heads:
+        raise ConfigError(f"model.main_task={cfg.model.main_task!r} has no head; heads: {sorted(cfg.model.heads)}")
+    for name, head in cfg.model.heads.items():
+        if head.target not in cfg.data.targets:
+            raise ConfigError(
+                f"model.heads.{name}.target={head.target!r} is not a data target; defined: {sorted(cfg.data.targets)}"
+            )
+        if head.kind not in ("classification", "regression"):
+            raise ConfigError(f"model.heads.{name}.kind={head.kind!r} is not valid; choose 'classification' or 'regression'")
+
+
+def config_keys() -> list[str]:
+    """Every dotted key of the schema (dict-valued sections such as heads list only their name)."""
+    return _flat_keys(OmegaConf.structured(ExperimentConfig))

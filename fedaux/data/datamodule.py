@@ -1,0 +1,82 @@
+"""LightningDataModules over a :class:`~fedaux.data.samples.SampleSet`.
+
+Batches are dicts: ``{"x": (B, 2, packets) float32, <target>: (B,) ...}``. The dataset hands out
+whole batches through ``__getitems__`` (one tensor index per batch, not one call per sample), which
+keeps data loading negligible next to the model's arithmetic.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fedaux.data.samples import SampleSet
+
+
+class SampleDataset(Dataset):
+    """Map-style dataset returning batched dicts for a list of indices."""
+
+    def __init__(self, samples: SampleSet) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        batch = {"x": self.samples.x[idx]}
+        batch.update({name: values[idx] for name, values in self.samples.targets.items()})
+        return batch
+
+
+def _already_batched(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return batch
+
+
+def batch_loader(samples: SampleSet, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """A DataLoader of dict batches; shuffling is seeded so runs repeat exactly."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        SampleDataset(samples),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=_already_batched,
+    )
+
+
+class ClientDataModule(L.LightningDataModule):
+    """One base station's private training samples (and, optionally, a validation set)."""
+
+    def __init__(self, train: SampleSet, batch_size: int = 32, seed: int = 0, val: SampleSet | None = None) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"federated.batch_size={batch_size} must be >= 1")
+        self.train_samples, self.val_samples = train, val
+        self.batch_size, self.seed = batch_size, seed
+
+    def train_dataloader(self) -> DataLoader:
+        return batch_loader(self.train_samples, self.batch_size, shuffle=True, seed=self.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_samples is None:
+            return []
+        return batch_loader(self.val_samples, self.batch_size, shuffle=False)
+
+
+class HeldOutDataModule(L.LightningDataModule):
+    """The held-out test flows, used for validation and testing of the global model."""
+
+    def __init__(self, test: SampleSet, batch_size: int = 512) -> None:
+        super().__init__()
+        self.test_samples, self.batch_size = test, batch_size
+
+    def val_dataloader(self) -> DataLoader:
+        return batch_loader(self.test_samples, self.batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

@@ -1,0 +1,97 @@
+"""Per-packet features and fixed-length windows ("subflows") cut from flows.
+
+Each sample is a window of ``packets`` consecutive packets with two channels:
+
+* channel 0, inter-arrival time: ``log1p(gap_us) / log1p(1e7)`` clipped to ``[0, 1]``. The log keeps
+  microsecond bursts and multi-second pauses apart on one scale; gaps of 10 s or more saturate at 1.
+  Steps back in time from capture reordering count as a gap of 0.
+* channel 1, direction-signed length: ``length / 1500`` clipped to ``[-1, 1]``, positive for
+  direction 1 and negative for direction 0 (1500 bytes is the Ethernet MTU, the largest packet here).
+
+A window shorter than ``packets`` (the flow ended) is padded with zeros in both channels; a real
+packet never has length 0, so padding is unambiguous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedaux.data.flows import FlowCollection
+
+IAT_SATURATION_US = 1e7
+MTU_BYTES = 1500.0
+
+
+def packet_features(flows: FlowCollection) -> np.ndarray:
+    """Normalised features of every packet in the collection.
+
+    Returns:
+        ``(2, P)`` float32: normalised inter-arrival time and direction-signed length.
+    """
+    gap = np.log1p(np.maximum(flows.iat_us, 0).astype(np.float64)) / np.log1p(IAT_SATURATION_US)
+    sign = np.where(flows.directions == 1, 1.0, -1.0)
+    signed_length = sign * flows.lengths.astype(np.float64) / MTU_BYTES
+    first_of_flow = flows.offsets[:-1]
+    gap[first_of_flow] = 0.0  # nothing precedes a flow's first packet
+    return np.stack([np.clip(gap, 0, 1), np.clip(signed_length, -1, 1)]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Samples cut from flows.
+
+    Attributes:
+        x: ``(N, 2, packets)`` float32 features.
+        flow_index: ``(N,)`` int64 index of the flow each window came from.
+        dropped_flows: names of flows left out for having fewer than ``min_packets`` packets.
+    """
+
+    x: np.ndarray
+    flow_index: np.ndarray
+    dropped_flows: tuple[str, ...]
+
+
+def cut_windows(
+    flows: FlowCollection,
+    flow_indices: np.ndarray,
+    packets: int,
+    subflows_per_flow: int,
+    min_packets: int,
+    rng: np.random.Generator,
+    features: np.ndarray | None = None,
+) -> Windows:
+    """Cut ``subflows_per_flow`` windows from each chosen flow.
+
+    The first window starts at the flow's first packet; the others start at uniform random
+    offsets in ``[0, n - packets]`` (drawn from ``rng``). A flow with at most ``packets`` packets
+    yields only its first window, since every other offset would repeat it.
+
+    Args:
+        flow_indices: ``(K,)`` flows to cut from.
+        features: precomputed :func:`packet_features` output, to avoid recomputing it per split.
+    """
+    if packets < 1 or subflows_per_flow < 1:
+        raise ValueError(f"packets={packets} and subflows_per_flow={subflows_per_flow} must both be >= 1")
+    features = packet_features(flows) if features is None else features
+    counts = flows.packet_counts()
+    keep = np.asarray([i for i in flow_indices if counts[i] >= min_packets], dtype=np.int64)
+    dropped = tuple(flows.flow_names[i] for i in flow_indices if counts[i] < min_packets)
+
+    starts, owners = [], []
+    for flow in keep:  # one small draw per flow; the packet gather below is vectorised
+        n = int(counts[flow])
+        extra = rng.integers(0, n - packets + 1, size=subflows_per_flow - 1) if n > packets else []
+        offsets = np.concatenate(([0], extra)).astype(np.int64)
+        starts.append(flows.offsets[flow] + offsets)
+        owners.append(np.full(len(offsets), flow, dtype=np.int64))
+    if not starts:
+        return Windows(np.zeros((0, 2, packets), np.float32), np.zeros(0, np.int64), dropped)
+    start = np.concatenate(starts)
+    owner = np.concatenate(owners)
+    index = start[:, None] + np.arange(packets)[None, :]  # (N, packets) packet positions
+    valid = index < flows.offsets[owner + 1][:, None]
+    x = features[:, np.where(valid, index, 0)]  # (2, N, packets)
+    x = np.where(valid[None], x, 0.0).transpose(1, 0, 2)
+    return Windows(np.ascontiguousarray(x, dtype=np.float32), owner, dropped)

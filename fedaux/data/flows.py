@@ -1,0 +1,222 @@
+"""A compact, checksummed collection of flows: the in-memory and on-disk form of a data set.
+
+All flows' packets are concatenated into flat arrays; ``offsets`` marks where each flow starts.
+On disk it is one ``.npz`` file. Times are stored as integer microsecond inter-arrival gaps
+(1 us resolution, ample for packet timing, and gaps compress far better than absolute times).
+The checksum covers the content, not the zip container, so rebuilding the file from the same raw
+folder reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from fedaux.data.reader import ParsedFlow
+
+FORMAT = "fedaux-flows"
+FORMAT_VERSION = 1
+EMBEDDED_NAME = "ucdavis_quic_script.npz"
+_ARRAYS = ("offsets", "labels", "iat_us", "lengths", "directions", "unix_start")
+
+
+class FlowStoreError(ValueError):
+    """A flow store file is missing, foreign, or corrupted (checksum mismatch)."""
+
+
+def embedded_path() -> Path:
+    """Path of the flow store shipped inside the package (150 UC Davis QUIC flows)."""
+    return Path(str(resources.files("fedaux.data") / "embedded" / EMBEDDED_NAME))
+
+
+@dataclass(frozen=True)
+class FlowView:
+    """One flow's packets, as given to target functions.
+
+    Attributes:
+        times: ``(n,)`` float64 seconds from the flow's first packet.
+        lengths: ``(n,)`` int64 packet lengths in bytes.
+        directions: ``(n,)`` uint8, 0 or 1.
+        label: index of the flow's class; ``class_name`` is its folder name.
+    """
+
+    times: np.ndarray
+    lengths: np.ndarray
+    directions: np.ndarray
+    label: int
+    class_name: str
+    name: str
+
+
+@dataclass(frozen=True)
+class FlowCollection:
+    """Flows with their class labels, as flat packet arrays.
+
+    Attributes:
+        class_names: ``C`` class (folder) names; ``labels`` index into it.
+        flow_names: ``F`` names ``"<class>/<file>"``.
+        labels: ``(F,)`` int64 class of each flow.
+        offsets: ``(F + 1,)`` int64; flow ``i`` owns packets ``offsets[i]:offsets[i + 1]``.
+        iat_us: ``(P,)`` int64 microseconds since the previous packet of the same flow (the
+            first packet's gap is its relative time in the raw file, normally 0).
+        lengths: ``(P,)`` uint16 packet lengths in bytes.
+        directions: ``(P,)`` uint8 direction flag, 0 or 1.
+        unix_start: ``(F,)`` float64 unix time of each flow's first packet.
+        provenance: free-form description of where the data came from.
+    """
+
+    class_names: tuple[str, ...]
+    flow_names: tuple[str, ...]
+    labels: np.ndarray
+    offsets: np.ndarray
+    iat_us: np.ndarray
+    lengths: np.ndarray
+    directions: np.ndarray
+    unix_start: np.ndarray
+    provenance: str = ""
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_parsed(
+        cls,
+        flows: Sequence[ParsedFlow],
+        labels: Sequence[int],
+        flow_names: Sequence[str],
+        class_names: Sequence[str],
+        provenance: str = "",
+    ) -> FlowCollection:
+        """Concatenate parsed flows; times are rounded to whole microseconds."""
+        sizes = np.array([len(f.times) for f in flows], dtype=np.int64)
+        offsets = np.concatenate(([0], np.cumsum(sizes)))
+        times_us = np.concatenate([np.rint(f.times * 1e6).astype(np.int64) for f in flows])
+        iat_us = np.diff(times_us, prepend=0)
+        iat_us[offsets[:-1]] = times_us[offsets[:-1]]  # a flow's first gap is its own start time
+        lengths = np.concatenate([f.lengths for f in flows])
+        if lengths.size and lengths.max() > np.iinfo(np.uint16).max:
+            raise FlowStoreError(f"a packet length of {lengths.max()} bytes does not fit the store (max 65535)")
+        return cls(
+            class_names=tuple(class_names),
+            flow_names=tuple(flow_names),
+            labels=np.asarray(labels, dtype=np.int64),
+            offsets=offsets,
+            iat_us=iat_us,
+            lengths=lengths.astype(np.uint16),
+            directions=np.concatenate([f.directions for f in flows]).astype(np.uint8),
+            unix_start=np.array([f.unix_start for f in flows], dtype=np.float64),
+            provenance=provenance,
+        )
+
+    # ------------------------------------------------------------------ access
+    @property
+    def num_flows(self) -> int:
+        return len(self.flow_names)
+
+    @property
+    def num_packets(self) -> int:
+        return int(self.offsets[-1])
+
+    def packet_counts(self) -> np.ndarray:
+        """``(F,)`` number of packets of each flow."""
+        return np.diff(self.offsets)
+
+    def flow(self, index: int) -> FlowView:
+        """The packets of flow ``index`` with float-second times."""
+        lo, hi = int(self.offsets[index]), int(self.offsets[index + 1])
+        times_us = np.cumsum(self.iat_us[lo:hi])
+        return FlowView(
+            times=times_us / 1e6,
+            lengths=self.lengths[lo:hi].astype(np.int64),
+            directions=self.directions[lo:hi],
+            label=int(self.labels[index]),
+            class_name=self.class_names[int(self.labels[index])],
+            name=self.flow_names[index],
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def checksum(self) -> str:
+        """SHA-256 over names and arrays in a fixed byte order (independent of the zip container)."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps([list(self.class_names), list(self.flow_names)]).encode())
+        for name in _ARRAYS:
+            array = np.ascontiguousarray(getattr(self, name))
+            digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+            digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+        return digest.hexdigest()
+
+    def save(self, path: str | Path) -> str:
+        """Write a compressed ``.npz`` store and return its checksum."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checksum = self.checksum()
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "class_names": list(self.class_names),
+            "flow_names": list(self.flow_names),
+            "provenance": self.provenance,
+            "checksum": checksum,
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, meta=np.array(json.dumps(meta)), **{n: getattr(self, n) for n in _ARRAYS})
+        tmp.replace(path)
+        return checksum
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> FlowCollection:
+        """Load a store written by :meth:`save` (the embedded one when ``path`` is None).
+
+        Raises:
+            FlowStoreError: the file is missing, is not a fedaux flow store, or its content does
+                not match its checksum.
+        """
+        path = embedded_path() if path is None else Path(path)
+        if not path.is_file():
+            raise FlowStoreError(f"{path}: flow store not found; build one with 'fedaux-data build --raw DIR --out FILE'")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                meta = json.loads(str(npz["meta"]))
+                arrays = {name: npz[name] for name in _ARRAYS}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as err:
+            raise FlowStoreError(
+                f"{path}: not a readable fedaux flow store ({type(err).__name__}: {err}); "
+                "expected an .npz written by 'fedaux-data build'"
+            ) from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise FlowStoreError(f"{path}: foreign file, its format tag is not {FORMAT!r}")
+        if meta.get("version") != FORMAT_VERSION:
+            raise FlowStoreError(f"{path}: store format version {meta.get('version')!r}, this fedaux reads {FORMAT_VERSION}")
+        collection = cls(
+            class_names=tuple(meta["class_names"]),
+            flow_names=tuple(meta["flow_names"]),
+            provenance=meta.get("provenance", ""),
+            **arrays,
+        )
+        if collection.checksum() != meta.get("checksum"):
+            raise FlowStoreError(
+                f"{path}: corrupted flow store: content checksum {collection.checksum()[:16]}... "
+                f"does not match the recorded {str(meta.get('checksum'))[:16]}...; rebuild it with 'fedaux-data build'"
+            )
+        collection._check_consistent(path)
+        return collection
+
+    def _check_consistent(self, path: Path) -> None:
+        n_flows, n_packets = len(self.flow_names), int(self.offsets[-1]) if len(self.offsets) else -1
+        problems = []
+        if len(self.offsets) != n_flows + 1 or len(self.labels) != n_flows or len(self.unix_start) != n_flows:
+            problems.append("per-flow arrays do not match the number of flow names")
+        if not (len(self.iat_us) == len(self.lengths) == len(self.directions) == n_packets):
+            problems.append("per-packet arrays do not match the offsets")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            problems.append("a label is outside the class list")
+        if problems:
+            raise FlowStoreError(f"{path}: inconsistent flow store: " + "; ".join(problems))

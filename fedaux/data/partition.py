@@ -1,0 +1,143 @@
+"""Held-out test flows, partitions of training flows over base stations, and label scarcity.
+
+The flow is the unit of every split: all subflows of a flow go to one place, so no flow can
+inform both training and testing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+IGNORE_INDEX = -100  # the default ignore_index of torch.nn.CrossEntropyLoss
+PARTITION_SCHEMES = ("iid", "dirichlet", "shards")
+
+
+def split_test_flows(labels: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of flow indices into ``(train, test)``.
+
+    Each class gives ``round(test_fraction * n_c)`` flows (at least one when ``test_fraction > 0``
+    and the class has two or more flows) to the test set.
+    """
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"data.test_fraction={test_fraction} must be in [0, 1)")
+    train, test = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_test = int(round(test_fraction * len(members)))
+        if test_fraction > 0 and len(members) > 1:
+            n_test = min(max(n_test, 1), len(members) - 1)
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Training flows dealt to base stations, and base stations grouped under edge servers.
+
+    Attributes:
+        client_flows: one ``(k_i,)`` int64 array of flow indices per base station.
+        edge_of_client: ``(B,)`` index of the edge server each base station reports to.
+    """
+
+    client_flows: tuple[np.ndarray, ...]
+    edge_of_client: np.ndarray
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_flows)
+
+    def clients_of_edge(self, edge: int) -> list[int]:
+        return [int(c) for c in np.flatnonzero(self.edge_of_client == edge)]
+
+
+def partition_flows(
+    flows: np.ndarray,
+    labels: np.ndarray,
+    base_stations: int,
+    edge_servers: int,
+    scheme: str,
+    rng: np.random.Generator,
+    alpha: float = 0.5,
+    shards_per_client: int = 2,
+) -> Partition:
+    """Deal training ``flows`` (indices, with their class ``labels[flows]``) to base stations.
+
+    Schemes:
+        ``iid``: shuffle and deal round-robin.
+        ``dirichlet``: for each class, draw client proportions from Dirichlet(``alpha``) and deal
+            that class's flows accordingly (small alpha: each client sees few classes).
+        ``shards``: sort flows by class, cut ``base_stations * shards_per_client`` shards and give
+            each client ``shards_per_client`` of them (McMahan et al. 2017).
+
+    Every base station gets at least one flow; base stations are grouped into ``edge_servers``
+    contiguous blocks of (nearly) equal size.
+    """
+    if scheme not in PARTITION_SCHEMES:
+        raise ValueError(f"data.partition.scheme={scheme!r} is not valid; choose one of {list(PARTITION_SCHEMES)}")
+    if base_stations < 1 or not 1 <= edge_servers <= base_stations:
+        raise ValueError(
+            f"federated.base_stations={base_stations} and federated.edge_servers={edge_servers}: "
+            "need at least one base station and 1 <= edge_servers <= base_stations"
+        )
+    if len(flows) < base_stations:
+        raise ValueError(
+            f"only {len(flows)} training flows for federated.base_stations={base_stations}; "
+            "each base station needs at least one flow"
+        )
+    flows = np.asarray(flows, dtype=np.int64)
+    if scheme == "iid":
+        order = rng.permutation(flows)
+        buckets = [order[i::base_stations] for i in range(base_stations)]
+    elif scheme == "dirichlet":
+        if alpha <= 0:
+            raise ValueError(f"data.partition.alpha={alpha} must be > 0")
+        buckets = _dirichlet(flows, labels[flows], base_stations, alpha, rng)
+    else:
+        if shards_per_client < 1 or base_stations * shards_per_client > len(flows):
+            raise ValueError(
+                f"data.partition.shards_per_client={shards_per_client}: need 1 <= base_stations * shards_per_client "
+                f"<= {len(flows)} training flows"
+            )
+        order = flows[np.argsort(labels[flows], kind="stable")]
+        shards = np.array_split(order, base_stations * shards_per_client)
+        dealt = rng.permutation(len(shards))
+        buckets = [np.concatenate([shards[s] for s in dealt[i::base_stations]]) for i in range(base_stations)]
+    edge_of_client = (np.arange(base_stations) * edge_servers) // base_stations
+    return Partition(tuple(np.sort(b) for b in buckets), edge_of_client.astype(np.int64))
+
+
+def _dirichlet(flows: np.ndarray, flow_labels: np.ndarray, clients: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+    buckets: list[list[int]] = [[] for _ in range(clients)]
+    for label in np.unique(flow_labels):
+        members = rng.permutation(flows[flow_labels == label])
+        proportions = rng.dirichlet(np.full(clients, alpha))
+        cuts = (np.cumsum(proportions)[:-1] * len(members)).round().astype(int)
+        for client, part in enumerate(np.split(members, cuts)):
+            buckets[client].extend(part.tolist())
+    # A client the draw left empty takes one flow from the largest client, so every base station
+    # trains; with few flows per class and small alpha this happens regularly.
+    for client in range(clients):
+        if not buckets[client]:
+            donor = max(range(clients), key=lambda c: len(buckets[c]))
+            buckets[client].append(buckets[donor].pop(int(rng.integers(len(buckets[donor])))))
+    return [np.asarray(b, dtype=np.int64) for b in buckets]
+
+
+def mask_labels(labels: np.ndarray, labeled_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Keep the main-task label on ``labeled_fraction`` of samples, ``IGNORE_INDEX`` elsewhere.
+
+    ``round(labeled_fraction * N)`` samples keep their label, at least one when the fraction is
+    above zero, so a client with any labels can always compute a main loss.
+    """
+    if not 0.0 <= labeled_fraction <= 1.0:
+        raise ValueError(f"data.labeled_fraction={labeled_fraction} must be in [0, 1]")
+    masked = np.full_like(labels, IGNORE_INDEX)
+    n_keep = int(round(labeled_fraction * len(labels)))
+    if labeled_fraction > 0 and len(labels):
+        n_keep = max(n_keep, 1)
+    keep = rng.choice(len(labels), size=n_keep, replace=False)
+    masked[keep] = labels[keep]
+    return masked

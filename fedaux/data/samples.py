@@ -1,0 +1,137 @@
+"""From a flow source to tensors: the test set and one training set per base station."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedaux.data.features import cut_windows, packet_features
+from fedaux.data.flows import FlowCollection
+from fedaux.data.partition import Partition, mask_labels, partition_flows, split_test_flows
+from fedaux.data.reader import read_raw_folder
+from fedaux.data.targets import TargetValues, compute_targets
+
+# Independent random streams, so changing how one step draws never shifts another's draws.
+_STREAM = {"split": 1, "partition": 2, "windows_test": 3, "windows_train": 4, "labels": 5}
+
+
+def stream(seed: int, purpose: str, *extra: int) -> np.random.Generator:
+    """A NumPy generator for one purpose, derived from the experiment seed."""
+    return np.random.default_rng([seed, _STREAM[purpose], *extra])
+
+
+def load_flows(root: str | Path | None, on_bad_flow: str = "error") -> tuple[FlowCollection, list[str]]:
+    """Load flows from ``root``: the embedded store (None), a raw folder, or a store file.
+
+    Returns the flows and the messages of raw files skipped under ``on_bad_flow: skip``.
+    """
+    if root is None or str(root) == "":
+        return FlowCollection.load(None), []
+    path = Path(root)
+    if path.is_dir():
+        flows, report = read_raw_folder(path, on_bad_flow=on_bad_flow)
+        return flows, list(report.skipped)
+    return FlowCollection.load(path), []
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """Windows and their targets, ready for a DataLoader.
+
+    Attributes:
+        x: ``(N, 2, packets)`` float32 features.
+        targets: ``{task_target: (N,)}`` int64 class indices (or float32 for regression).
+        flow_index: ``(N,)`` index of the source flow of each sample.
+    """
+
+    x: torch.Tensor
+    targets: dict[str, torch.Tensor]
+    flow_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class FederatedData:
+    """Everything the experiment needs from the data: clients' sets, the test set and task info."""
+
+    flows: FlowCollection
+    targets: dict[str, TargetValues]
+    train_flows: np.ndarray
+    test_flows: np.ndarray
+    partition: Partition
+    clients: list[SampleSet]
+    test: SampleSet
+    main_target: str
+    dropped_flows: tuple[str, ...] = ()
+    skipped_files: list[str] = field(default_factory=list)
+
+    def num_classes(self, target: str) -> int:
+        return self.targets[target].num_classes
+
+
+def build_federated_data(
+    data_cfg,
+    base_stations: int,
+    edge_servers: int,
+    seed: int,
+    main_target: str = "traffic_class",
+) -> FederatedData:
+    """Load flows, compute targets, hold out test flows, partition, window and mask labels.
+
+    ``data_cfg`` is the ``data`` section of the experiment config (see ``fedaux.config``).
+    """
+    flows, skipped = load_flows(data_cfg.root, data_cfg.on_bad_flow)
+    targets = compute_targets({name: dict(spec) for name, spec in data_cfg.targets.items()}, flows)
+    if main_target not in targets:
+        raise ValueError(f"main task target {main_target!r} is not in data.targets; defined: {sorted(targets)}")
+
+    train_flows, test_flows = split_test_flows(flows.labels, data_cfg.test_fraction, stream(seed, "split"))
+    part = data_cfg.partition
+    partition = partition_flows(
+        train_flows,
+        flows.labels,
+        base_stations=base_stations,
+        edge_servers=edge_servers,
+        scheme=part.scheme,
+        rng=stream(seed, "partition"),
+        alpha=part.alpha,
+        shards_per_client=part.shards_per_client,
+    )
+    features = packet_features(flows)
+
+    def samples(flow_ids: np.ndarray, rng: np.random.Generator, labeled_fraction: float | None) -> tuple[SampleSet, tuple[str, ...]]:
+        windows = cut_windows(
+            flows, flow_ids, data_cfg.packets, data_cfg.subflows_per_flow, data_cfg.min_packets, rng, features
+        )
+        per_task = {}
+        for name, values in targets.items():
+            sample_values = values.values[windows.flow_index]
+            if name == main_target and labeled_fraction is not None:
+                sample_values = mask_labels(sample_values, labeled_fraction, rng)
+            per_task[name] = torch.from_numpy(np.ascontiguousarray(sample_values))
+        return SampleSet(torch.from_numpy(windows.x), per_task, torch.from_numpy(windows.flow_index)), windows.dropped_flows
+
+    test, dropped = samples(test_flows, stream(seed, "windows_test"), labeled_fraction=None)
+    clients = []
+    all_dropped = list(dropped)
+    for client, client_flows in enumerate(partition.client_flows):
+        client_set, dropped = samples(client_flows, stream(seed, "windows_train", client), data_cfg.labeled_fraction)
+        clients.append(client_set)
+        all_dropped.extend(dropped)
+    return FederatedData(
+        flows=flows,
+        targets=targets,
+        train_flows=train_flows,
+        test_flows=test_flows,
+        partition=partition,
+        clients=clients,
+        test=test,
+        main_target=main_target,
+        dropped_flows=tuple(all_dropped),
+        skipped_files=skipped,
+    )

@@ -1,0 +1,125 @@
+"""Task targets derived from whole flows, by small named functions in a registry.
+
+A target function takes a :class:`~fedaux.data.flows.FlowView` and returns one number. With
+``bins`` the number is binned into ``len(bins) + 1`` classes (``np.digitize``: class ``k`` holds
+values in ``[bins[k-1], bins[k])``). Users add a target by config alone, naming a function by
+import path::
+
+    data:
+      targets:
+        upload_ratio: {fn: "my_pkg.targets:upload_ratio", bins: [0.1, 0.5]}
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedaux.data.flows import FlowCollection, FlowView
+
+TargetFn = Callable[[FlowView], float]
+TARGET_FUNCTIONS: dict[str, TargetFn] = {}
+
+
+def register_target(name: str) -> Callable[[TargetFn], TargetFn]:
+    """Decorator adding a target function to the registry under ``name``."""
+
+    def add(fn: TargetFn) -> TargetFn:
+        TARGET_FUNCTIONS[name] = fn
+        return fn
+
+    return add
+
+
+@register_target("traffic_class")
+def traffic_class(flow: FlowView) -> float:
+    """The service that made the flow: its class folder."""
+    return flow.label
+
+
+@register_target("bandwidth")
+def bandwidth(flow: FlowView) -> float:
+    """Mean throughput in bytes per second: total bytes over the flow's duration."""
+    return float(flow.lengths.sum()) / _duration(flow)
+
+
+@register_target("duration")
+def duration(flow: FlowView) -> float:
+    """Seconds from the first to the last packet."""
+    return _duration(flow)
+
+
+@register_target("upload_fraction")
+def upload_fraction(flow: FlowView) -> float:
+    """Share of the flow's bytes sent in direction 1."""
+    return float(flow.lengths[flow.directions == 1].sum()) / max(float(flow.lengths.sum()), 1.0)
+
+
+def _duration(flow: FlowView) -> float:
+    return float(flow.times[-1] - flow.times[0])
+
+
+def resolve_target_fn(spec: str, key: str = "fn") -> TargetFn:
+    """A registry name (``"bandwidth"``) or an import path (``"pkg.module:function"``)."""
+    if ":" not in spec:
+        if spec not in TARGET_FUNCTIONS:
+            raise ValueError(
+                f"{key}={spec!r} is not a known target; valid names: {sorted(TARGET_FUNCTIONS)} "
+                "or an import path 'package.module:function'"
+            )
+        return TARGET_FUNCTIONS[spec]
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"{key}={spec!r}: cannot import module {module_name!r} ({err})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"{key}={spec!r}: module {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+@dataclass(frozen=True)
+class TargetValues:
+    """A target computed for every flow.
+
+    Attributes:
+        values: ``(F,)`` int64 class indices (classification) or float32 values (regression).
+        num_classes: number of classes, or 0 for a regression target.
+        class_names: a name per class (bin ranges for binned targets).
+    """
+
+    name: str
+    values: np.ndarray
+    num_classes: int
+    class_names: tuple[str, ...]
+
+    @property
+    def is_classification(self) -> bool:
+        return self.num_classes > 0
+
+
+def compute_target(name: str, fn_spec: str, bins: Sequence[float] | None, flows: FlowCollection) -> TargetValues:
+    """Evaluate one target on every flow and bin it if ``bins`` is given."""
+    fn = resolve_target_fn(fn_spec, key=f"data.targets.{name}.fn")
+    raw = np.array([fn(flows.flow(i)) for i in range(flows.num_flows)], dtype=np.float64)
+    if not np.isfinite(raw).all():
+        bad = flows.flow_names[int(np.flatnonzero(~np.isfinite(raw))[0])]
+        raise ValueError(f"target {name!r} ({fn_spec}) gave a non-finite value for flow {bad!r}")
+    if fn is traffic_class:
+        return TargetValues(name, raw.astype(np.int64), len(flows.class_names), flows.class_names)
+    if bins:
+        edges = np.asarray(bins, dtype=np.float64)
+        if np.any(np.diff(edges) <= 0):
+            raise ValueError(f"data.targets.{name}.bins={list(bins)} must be strictly increasing")
+        labels = [f"<{edges[0]:g}"] + [f"[{a:g},{b:g})" for a, b in zip(edges[:-1], edges[1:])] + [f">={edges[-1]:g}"]
+        return TargetValues(name, np.digitize(raw, edges).astype(np.int64), len(edges) + 1, tuple(labels))
+    return TargetValues(name, raw.astype(np.float32), 0, ())
+
+
+def compute_targets(specs: Mapping[str, Mapping], flows: FlowCollection) -> dict[str, TargetValues]:
+    """Compute every configured target: ``{name: {"fn": ..., "bins": [...]}}``."""
+    return {name: compute_target(name, spec.get("fn") or name, spec.get("bins"), flows) for name, spec in specs.items()}
