@@ -50,22 +50,20 @@ def batch_loader(samples: SampleSet, batch_size: int, shuffle: bool, seed: int =
 
 
 class ClientDataModule(L.LightningDataModule):
-    """One base station's private training samples (and, optionally, a validation set)."""
+    """One base station's private training samples.
 
-    def __init__(self, train: SampleSet, batch_size: int = 32, seed: int = 0, val: SampleSet | None = None) -> None:
+    ``seed`` fixes the shuffling order; the orchestrator changes it every round so a client does
+    not see its batches in the same order each time.
+    """
+
+    def __init__(self, train: SampleSet, batch_size: int = 32, seed: int = 0) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"federated.batch_size={batch_size} must be >= 1")
-        self.train_samples, self.val_samples = train, val
-        self.batch_size, self.seed = batch_size, seed
+        self.train_samples, self.batch_size, self.seed = train, batch_size, seed
 
     def train_dataloader(self) -> DataLoader:
         return batch_loader(self.train_samples, self.batch_size, shuffle=True, seed=self.seed)
-
-    def val_dataloader(self) -> DataLoader:
-        if self.val_samples is None:
-            return []
-        return batch_loader(self.val_samples, self.batch_size, shuffle=False)
 
 
 class HeldOutDataModule(L.LightningDataModule):

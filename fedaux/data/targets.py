@@ -12,13 +12,13 @@ import path::
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedaux.data.flows import FlowCollection, FlowView
+from fedaux.imports import import_by_path
 
 TargetFn = Callable[[FlowView], float]
 TARGET_FUNCTIONS: dict[str, TargetFn] = {}
@@ -71,14 +71,9 @@ def resolve_target_fn(spec: str, key: str = "fn") -> TargetFn:
                 "or an import path 'package.module:function'"
             )
         return TARGET_FUNCTIONS[spec]
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"{key}={spec!r}: cannot import module {module_name!r} ({err})") from None
-    fn = getattr(module, attr, None)
+    fn = import_by_path(spec, key)
     if not callable(fn):
-        raise ValueError(f"{key}={spec!r}: module {module_name!r} has no callable {attr!r}")
+        raise ValueError(f"{key}={spec!r} is not callable; a target function takes a FlowView and returns a number")
     return fn
 
 

@@ -1,0 +1,61 @@
+"""Building the multi-task model from the ``model`` config section and the data's targets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from omegaconf import OmegaConf
+from torch import nn
+
+from fedaux.data.targets import TargetValues
+from fedaux.imports import import_by_path
+from fedaux.model.heads import TaskHead
+from fedaux.model.module import DEFAULT_LOSS, MultiTaskModule, TaskSpec
+from fedaux.model.trunk import ConvTrunk
+from fedaux.model.weighting import build_weighting
+
+
+def task_specs(model_cfg, targets: Mapping[str, TargetValues]) -> dict[str, TaskSpec]:
+    """A :class:`TaskSpec` per configured head, output sizes inferred from the targets."""
+    specs = {}
+    for name, head in model_cfg.heads.items():
+        if head.target not in targets:
+            raise ValueError(f"model.heads.{name}.target={head.target!r} is not a data target; defined: {sorted(targets)}")
+        target = targets[head.target]
+        if head.kind == "classification" and not target.is_classification:
+            raise ValueError(
+                f"model.heads.{name}: target {head.target!r} is continuous; give it data.targets.{head.target}.bins "
+                "or make the head kind 'regression'"
+            )
+        inferred = target.num_classes if head.kind == "classification" else 1
+        specs[name] = TaskSpec(
+            name=name,
+            target=head.target,
+            kind=head.kind,
+            loss=head.loss or DEFAULT_LOSS[head.kind],
+            out_features=head.out_features or inferred,
+        )
+    return specs
+
+
+def build_model(model_cfg, targets: Mapping[str, TargetValues], packets: int) -> MultiTaskModule:
+    """Trunk, heads and weighting from config, injected into a :class:`MultiTaskModule`."""
+    trunk_cfg = model_cfg.trunk
+    trunk_cls = import_by_path(trunk_cfg.cls, "model.trunk.cls") if trunk_cfg.cls else ConvTrunk
+    trunk = trunk_cls(
+        packets=packets,
+        channels=list(trunk_cfg.channels),
+        convs_per_block=trunk_cfg.convs_per_block,
+        kernel_size=trunk_cfg.kernel_size,
+        dense=list(trunk_cfg.dense),
+        dropout=trunk_cfg.dropout,
+    )
+    specs = task_specs(model_cfg, targets)
+    heads: dict[str, nn.Module] = {}
+    for name, head in model_cfg.heads.items():
+        head_cls = import_by_path(head.cls, f"model.heads.{name}.cls") if head.cls else TaskHead
+        heads[name] = head_cls(in_features=trunk.out_features, out_features=specs[name].out_features, hidden=head.hidden)
+    order = [model_cfg.main_task] + [t for t in specs if t != model_cfg.main_task]
+    weighting = build_weighting(model_cfg.weighting, order, model_cfg.main_task)
+    optimizer = OmegaConf.to_container(model_cfg.optimizer) if OmegaConf.is_config(model_cfg.optimizer) else dict(model_cfg.optimizer)
+    return MultiTaskModule(trunk, heads, specs, weighting, model_cfg.main_task, optimizer)

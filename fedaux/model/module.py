@@ -1,0 +1,169 @@
+"""The hard-parameter-sharing multi-task LightningModule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanAbsoluteError, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from fedaux.data.partition import IGNORE_INDEX
+from fedaux.model.weighting import LossWeighting
+
+
+def _masked_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    # Sum over labelled samples divided by their count (at least 1): a batch with no labels gives
+    # exactly 0 instead of the NaN that a mean over zero elements would give, with no host sync.
+    labelled = (target != IGNORE_INDEX).sum().clamp_min(1)
+    return F.cross_entropy(output, target, ignore_index=IGNORE_INDEX, reduction="sum") / labelled
+
+
+def _regression(loss_fn):
+    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return loss_fn(output.squeeze(-1), target.to(output.dtype))
+
+    return loss
+
+
+LOSSES = {
+    "cross_entropy": _masked_cross_entropy,
+    "mse": _regression(F.mse_loss),
+    "l1": _regression(F.l1_loss),
+    "smooth_l1": _regression(F.smooth_l1_loss),
+}
+DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse"}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a head learns: the batch key of its target, its kind, loss and output size."""
+
+    name: str
+    target: str
+    kind: str
+    loss: str
+    out_features: int
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"model.heads.{self.name}.loss={self.loss!r} is not valid; choose one of {sorted(LOSSES)}")
+        if self.kind == "classification" and self.loss != "cross_entropy":
+            raise ValueError(f"model.heads.{self.name}: a classification head needs loss 'cross_entropy', got {self.loss!r}")
+
+
+class MultiTaskModule(L.LightningModule):
+    """A shared trunk, one head per task and a loss weighting strategy.
+
+    Args:
+        trunk: maps ``(B, 2, packets)`` to ``(B, F)``.
+        heads: one module per task mapping ``(B, F)`` to ``(B, out_features)``.
+        tasks: a :class:`TaskSpec` per head, same keys as ``heads``.
+        weighting: combines the ``(T,)`` task losses into the total.
+        main_task: the task whose accuracy is the headline metric.
+        optimizer: ``{"name": "adam"|"adamw"|"sgd", "lr": ..., "weight_decay": ..., "momentum": ...}``.
+
+    Batches are dicts with ``x`` ``(B, 2, packets)`` and a ``(B,)`` target per task; main-task
+    labels may be :data:`IGNORE_INDEX` (unlabelled). Logged keys: ``train/loss``,
+    ``train/loss/<task>``, ``train/weight/<task>``, ``val/loss``, ``val/acc/<task>``,
+    ``val/f1/<task>`` and, for regression heads, ``val/mae/<task>``.
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        heads: Mapping[str, nn.Module],
+        tasks: Mapping[str, TaskSpec],
+        weighting: LossWeighting,
+        main_task: str,
+        optimizer: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        if set(heads) != set(tasks):
+            raise ValueError(f"heads {sorted(heads)} and task specs {sorted(tasks)} must name the same tasks")
+        if main_task not in tasks:
+            raise ValueError(f"model.main_task={main_task!r} has no head; heads: {sorted(tasks)}")
+        # The main task first, so index 0 of every loss vector is the main loss.
+        order = [main_task] + [t for t in tasks if t != main_task]
+        if list(weighting.tasks) != order:
+            raise ValueError(f"weighting tasks {weighting.tasks} must follow the task order {order}")
+        self.task_names = order
+        self.tasks = dict(tasks)
+        self.main_task = main_task
+        self.trunk = trunk
+        self.heads = nn.ModuleDict({name: heads[name] for name in order})
+        self.weighting = weighting
+        self.optimizer_cfg = dict(optimizer or {"name": "adam", "lr": 1e-3})
+        self._losses = {name: LOSSES[spec.loss] for name, spec in self.tasks.items()}
+        self.val_metrics = nn.ModuleDict({name: self._metrics(spec) for name, spec in self.tasks.items()})
+
+    @staticmethod
+    def _metrics(spec: TaskSpec) -> MetricCollection:
+        if spec.kind == "regression":
+            return MetricCollection({"mae": MeanAbsoluteError()})
+        n = spec.out_features
+        return MetricCollection({
+            "acc": MulticlassAccuracy(n, average="micro", ignore_index=IGNORE_INDEX),
+            "f1": MulticlassF1Score(n, average="macro", ignore_index=IGNORE_INDEX),
+        })
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(B, 2, packets)`` -> ``{task: (B, out_features)}``."""
+        features = self.trunk(x)
+        return {name: head(features) for name, head in self.heads.items()}
+
+    def task_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Outputs per task and the ``(T,)`` vector of task losses (main task first)."""
+        outputs = self(batch["x"])
+        losses = torch.stack([self._losses[t](outputs[t], batch[self.tasks[t].target]) for t in self.task_names])
+        return outputs, losses
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        _, losses = self.task_losses(batch)
+        total, weights = self.weighting(losses)
+        logged = {"train/loss": total.detach()}
+        for i, task in enumerate(self.task_names):
+            logged[f"train/loss/{task}"] = losses[i].detach()
+            logged[f"train/weight/{task}"] = weights[i]
+        self.log_dict(logged, on_step=False, on_epoch=True, batch_size=batch["x"].shape[0])
+        return total
+
+    def on_train_epoch_end(self) -> None:
+        self.weighting.on_epoch_end()
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        outputs, losses = self.task_losses(batch)
+        total, _ = self.weighting(losses)
+        self.log("val/loss", total, on_step=False, on_epoch=True, batch_size=batch["x"].shape[0])
+        for task, metrics in self.val_metrics.items():
+            output, target = outputs[task], batch[self.tasks[task].target]
+            if self.tasks[task].kind == "regression":
+                output, target = output.squeeze(-1), target.to(output.dtype)
+            metrics.update(output, target)
+
+    def on_validation_epoch_end(self) -> None:
+        for task, metrics in self.val_metrics.items():
+            for name, value in metrics.compute().items():
+                self.log(f"val/{name}/{task}", value)
+            metrics.reset()
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        cfg = self.optimizer_cfg
+        name, lr, decay = cfg.get("name", "adam"), cfg.get("lr", 1e-3), cfg.get("weight_decay", 0.0)
+        if name == "adam":
+            return torch.optim.Adam(self.parameters(), lr=lr, weight_decay=decay)
+        if name == "adamw":
+            return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=decay)
+        if name == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=lr, weight_decay=decay, momentum=cfg.get("momentum", 0.9))
+        raise ValueError(f"model.optimizer.name={name!r} is not valid; choose one of ['adam', 'adamw', 'sgd']")

@@ -1,0 +1,65 @@
+"""The shared 1D-CNN trunk (Rezaei & Liu, arXiv 1906.05248, multi-task traffic model)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class ConvTrunk(nn.Module):
+    """Blocks of ``convs_per_block`` x (Conv1d + ReLU) then MaxPool1d(2), flattened into dense layers.
+
+    With the defaults (32/64/128 channels, 2 convs of kernel 3 per block, dense 256-256) and 60-packet
+    windows it has about 0.3 M parameters.
+
+    Args:
+        in_channels: features per packet (2: inter-arrival time and signed length).
+        packets: window length; fixes the flattened size.
+
+    Shape:
+        input ``(B, in_channels, packets)`` -> output ``(B, dense[-1])``.
+
+    Example:
+        >>> trunk = ConvTrunk(packets=60)
+        >>> trunk(torch.zeros(4, 2, 60)).shape
+        torch.Size([4, 256])
+    """
+
+    def __init__(
+        self,
+        packets: int,
+        in_channels: int = 2,
+        channels: Sequence[int] = (32, 64, 128),
+        convs_per_block: int = 2,
+        kernel_size: int = 3,
+        dense: Sequence[int] = (256, 256),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"model.trunk.kernel_size={kernel_size} must be odd so 'same' padding keeps the length")
+        if not channels or not dense:
+            raise ValueError("model.trunk.channels and model.trunk.dense need at least one entry each")
+        layers: list[nn.Module] = []
+        width, length = in_channels, packets
+        for out in channels:
+            for _ in range(convs_per_block):
+                layers += [nn.Conv1d(width, out, kernel_size, padding=kernel_size // 2), nn.ReLU()]
+                width = out
+            if length >= 2:  # windows too short to pool keep their length rather than vanish
+                layers.append(nn.MaxPool1d(2))
+                length //= 2
+        layers.append(nn.Flatten())
+        width *= length
+        for size in dense:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        self.layers = nn.Sequential(*layers)
+        self.out_features = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)

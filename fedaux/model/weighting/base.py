@@ -1,0 +1,45 @@
+"""The interface every loss weighting strategy implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class LossWeighting(nn.Module):
+    """Combines per-task losses into one total.
+
+    A strategy never calls ``backward()``: it returns the total so Lightning's automatic
+    optimisation still works, and the weights it used so they can be logged.
+
+    Args:
+        tasks: task names, in the order of the loss vector; ``main_task`` is one of them.
+
+    Shape:
+        ``forward(losses)``: losses ``(T,)`` -> ``(total: (), weights: (T,))``.
+    """
+
+    def __init__(self, tasks: Sequence[str], main_task: str) -> None:
+        super().__init__()
+        if main_task not in tasks:
+            raise ValueError(f"main task {main_task!r} is not among the tasks {list(tasks)}")
+        self.tasks = list(tasks)
+        self.main_index = self.tasks.index(main_task)
+
+    @classmethod
+    def from_config(cls, cfg, tasks: Sequence[str], main_task: str) -> LossWeighting:
+        """Build from the ``model.weighting`` config section; strategies with options override it."""
+        return cls(tasks, main_task)
+
+    def weights(self, losses: torch.Tensor) -> torch.Tensor:
+        """``(T,)`` weights for this step; ``losses`` ``(T,)`` may inform them but carries no grad."""
+        raise NotImplementedError
+
+    def forward(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self.weights(losses.detach())
+        return (weights * losses).sum(), weights
+
+    def on_epoch_end(self) -> None:
+        """Called at the end of each training epoch; strategies with loss history use it."""
