@@ -33,7 +33,7 @@ def fit_and_score(cfg, epochs: int) -> float:
     model = build_model(cfg.model, data.targets, cfg.data.packets)
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, gradient_clip_val=cfg.federated.gradient_clip_val,
-                        num_sanity_val_steps=0, limit_val_batches=0)
+                        num_sanity_val_steps=0)
     trainer.fit(model, ClientDataModule(data.clients[0], cfg.federated.batch_size, seed=cfg.seed))
     return trainer.validate(model, HeldOutDataModule(data.test), verbose=False)[0]["val/acc/traffic_class"]
 

@@ -96,3 +96,52 @@ def _info(data: str | None, config: str | None, on_bad_flow: str) -> int:
 
 def main_data() -> None:
     sys.exit(data_main())
+
+
+# ---------------------------------------------------------------------------------------- fedaux-train
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``fedaux-train --config FILE [key=value ...] [--key=value ...]``: run one federated experiment."""
+    parser = argparse.ArgumentParser(
+        prog="fedaux-train", description=train_main.__doc__,
+        epilog="Overrides use the config's dotted keys, e.g. federated.rounds=5 or --model.optimizer.lr=0.003 "
+               "(the form a W&B sweep agent passes).",
+    )
+    parser.add_argument("--config", default="conf/quic.yaml", help="experiment YAML (default: conf/quic.yaml)")
+    args, overrides = parser.parse_known_args(argv)
+    return _guarded("fedaux-train", lambda: _train(args.config, overrides))
+
+
+def _train(config: str, overrides: list[str]) -> int:
+    from fedaux.train import run
+
+    cfg = load_config(config, overrides)
+    result = run(cfg)
+    _print_summary(result.summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="fedaux run summary", show_header=False)
+    rows = [
+        ("rounds", summary.get("rounds")),
+        ("final accuracy", summary.get("final_accuracy")),
+        ("best accuracy (round)", f"{summary.get('best_accuracy'):.4f} ({summary.get('best_round')})"),
+        ("final macro F1", summary.get("final_f1")),
+        (f"rounds to {summary.get('target_accuracy')}", summary.get("rounds_to_target") or "not reached"),
+        ("MB to target", summary.get("MB_to_target")),
+        ("total MB sent", summary.get("total_MB")),
+        ("total wall time (s)", summary.get("total_time_s")),
+        ("total compute (s)", summary.get("total_compute_s")),
+        ("energy (kWh)", summary.get("total_energy_kwh") if summary.get("total_energy_kwh") is not None else "not measured"),
+        ("run folder", summary.get("run_dir")),
+    ]
+    for name, value in rows:
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def main_train() -> None:
+    sys.exit(train_main())

@@ -149,7 +149,7 @@ CHOICES = {
     "data.partition.scheme": ("iid", "dirichlet", "shards"),
     "model.weighting.name": ("random", "equal", "fixed", "uncertainty", "dwa"),
     "model.optimizer.name": ("adam", "adamw", "sgd"),
-    "federated.engine": ("inprocess", "flower"),
+    "federated.engine": ("inprocess",),
     "logging.wandb.mode": ("offline", "online", "disabled"),
 }
 

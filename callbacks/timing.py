@@ -1,0 +1,74 @@
+"""Wall time per round, per client fit, and cumulative compute time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+from typing_extensions import override
+
+from fedaux.federated.hooks import RoundCallback
+
+
+class RoundTimer(L.Callback, RoundCallback):
+    """Times rounds (round hooks) and each client's local fit (Lightning hooks on its Trainer).
+
+    Adds ``time/round_s`` (wall time of the round, training to evaluation), ``time/compute_s``
+    (sum of the clients' fit times: the compute a round costs however clients are spread over
+    machines), ``time/client_fit_max_s`` (the slowest client: a round's critical path when clients
+    train in parallel), ``time/eval_s``, and cumulative ``time/total_s`` and ``time/compute_total_s``.
+    """
+
+    def __init__(self, clock=time.perf_counter) -> None:
+        self._clock = clock
+        self._round_start = self._fit_start = self._eval_start = 0.0
+        self._fits: list[float] = []
+        self._eval_s = 0.0
+        self._totals = {"wall": 0.0, "compute": 0.0}
+
+    # Lightning hooks: attached to every client Trainer by the orchestrator.
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = self._clock()
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fits.append(self._clock() - self._fit_start)
+
+    # Round hooks.
+    @override
+    def on_round_start(self, orchestrator, rnd: int, clients: list[int]) -> None:
+        self._round_start = self._clock()
+        self._fits = []
+
+    @override
+    def on_aggregated(self, orchestrator, rnd: int, aggregate) -> None:
+        self._eval_start = self._clock()
+
+    @override
+    def on_evaluated(self, orchestrator, rnd: int, metrics: dict[str, float]) -> None:
+        self._eval_s = self._clock() - self._eval_start
+
+    @override
+    def log_round(self, orchestrator, rnd: int, record: dict[str, Any]) -> None:
+        round_s = self._clock() - self._round_start
+        compute = sum(self._fits)
+        self._totals["wall"] += round_s
+        self._totals["compute"] += compute
+        record.update({
+            "time/round_s": round_s,
+            "time/compute_s": compute,
+            "time/client_fit_max_s": max(self._fits, default=0.0),
+            "time/eval_s": self._eval_s,
+            "time/total_s": self._totals["wall"],
+            "time/compute_total_s": self._totals["compute"],
+        })
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"totals": dict(self._totals)}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._totals = dict(state["totals"])

@@ -1,0 +1,69 @@
+"""Round-level hooks: how callbacks observe the federated loop without copying it.
+
+The order within a round is: ``on_round_start`` -> ``on_client_done`` (per client) ->
+``on_aggregated`` -> ``on_evaluated`` -> ``log_round`` (every callback adds its keys to the round
+record) -> ``on_round_end`` (writers see the complete record). ``on_run_teardown`` always runs, also
+after a crash, so open files and W&B runs are closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from fedaux.federated.orchestrator import FederatedOrchestrator
+
+
+@dataclass
+class ClientUpdate:
+    """What one base station sent back after local training."""
+
+    client: int
+    edge: int
+    state: dict[str, torch.Tensor]
+    num_samples: int
+    train_loss: float
+    fit_seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RoundAggregate:
+    """The outcome of aggregation, with what crossed each tier."""
+
+    global_state: dict[str, torch.Tensor]
+    edge_samples: dict[int, int]
+    clients: list[int]
+    bytes_down: dict[str, int]  # tier name -> bytes sent towards the clients
+    bytes_up: dict[str, int]  # tier name -> bytes sent towards the top level
+
+
+class RoundCallback:
+    """Base class for round hooks; every hook is optional."""
+
+    def on_run_start(self, orchestrator: FederatedOrchestrator) -> None: ...
+
+    def on_round_start(self, orchestrator: FederatedOrchestrator, rnd: int, clients: list[int]) -> None: ...
+
+    def on_client_done(self, orchestrator: FederatedOrchestrator, rnd: int, update: ClientUpdate) -> None: ...
+
+    def on_aggregated(self, orchestrator: FederatedOrchestrator, rnd: int, aggregate: RoundAggregate) -> None: ...
+
+    def on_evaluated(self, orchestrator: FederatedOrchestrator, rnd: int, metrics: dict[str, float]) -> None: ...
+
+    def log_round(self, orchestrator: FederatedOrchestrator, rnd: int, record: dict[str, Any]) -> None:
+        """Add this callback's keys for the round to ``record``."""
+
+    def on_round_end(self, orchestrator: FederatedOrchestrator, rnd: int, record: dict[str, Any]) -> None: ...
+
+    def on_run_end(self, orchestrator: FederatedOrchestrator, summary: dict[str, Any]) -> None: ...
+
+    def on_run_teardown(self, orchestrator: FederatedOrchestrator, failed: bool) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

@@ -1,0 +1,186 @@
+"""The in-process federated loop: select, train locally, aggregate in two tiers, evaluate.
+
+A small loop with hooks (in the spirit of Flower's Strategy): every measurement, file and logger
+lives in a :class:`~fedaux.federated.hooks.RoundCallback`, never in the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+
+from fedaux.data.samples import FederatedData
+from fedaux.federated.aggregation import state_nbytes, two_tier_fedavg
+from fedaux.federated.client import GlobalEvaluator, cpu_state, derived_seed, train_client
+from fedaux.federated.hooks import ClientUpdate, RoundAggregate, RoundCallback
+from fedaux.model.module import MultiTaskModule
+
+TIER_EDGE = "base_station-edge"  # between base stations and their edge server
+TIER_TOP = "edge-top"  # between edge servers and the top level
+
+
+def select_clients(seed: int, rnd: int, num_clients: int, fraction: float) -> list[int]:
+    """The base stations taking part in round ``rnd``: ``max(1, round(fraction * B))`` of them, seeded."""
+    count = max(1, int(round(fraction * num_clients)))
+    if count >= num_clients:
+        return list(range(num_clients))
+    rng = np.random.default_rng([seed, 7, rnd])
+    return sorted(int(c) for c in rng.choice(num_clients, size=count, replace=False))
+
+
+class FederatedOrchestrator:
+    """Runs ``rounds`` of two-tier FedAvg over the base stations of ``data``.
+
+    Args:
+        model: the multi-task LightningModule; its initial weights are the first global state.
+            One model object is reused for every client's local fit (its state is reloaded first).
+        data: clients' sample sets, their edge servers and the held-out test set.
+        callbacks: round hooks; those that are also Lightning callbacks are attached to every
+            client's Trainer.
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskModule,
+        data: FederatedData,
+        *,
+        rounds: int,
+        local_epochs: int = 1,
+        batch_size: int = 32,
+        fraction: float = 1.0,
+        seed: int = 0,
+        target_accuracy: float = 0.8,
+        gradient_clip_val: float | None = None,
+        eval_batch_size: int = 1024,
+        callbacks: Sequence[RoundCallback] = (),
+    ) -> None:
+        self.model, self.data = model, data
+        self.rounds, self.local_epochs, self.batch_size = rounds, local_epochs, batch_size
+        self.fraction, self.seed, self.gradient_clip_val = fraction, seed, gradient_clip_val
+        self.target_accuracy = target_accuracy
+        self.callbacks = list(callbacks)
+        self.global_state = cpu_state(model)
+        self.evaluator = GlobalEvaluator(model, data.test, eval_batch_size)
+        self.history: list[dict[str, Any]] = []
+        self.completed_rounds = 0
+
+    # ------------------------------------------------------------------ hooks
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    @property
+    def lightning_callbacks(self) -> list[L.Callback]:
+        return [c for c in self.callbacks if isinstance(c, L.Callback)]
+
+    # ------------------------------------------------------------------ one round
+    def fit_client(self, client: int, rnd: int) -> ClientUpdate:
+        samples = self.data.clients[client]
+        state, loss, seconds = train_client(
+            self.model,
+            samples,
+            self.global_state,
+            local_epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            seed=derived_seed(self.seed, rnd, client),
+            gradient_clip_val=self.gradient_clip_val,
+            callbacks=self.lightning_callbacks,
+        )
+        edge = int(self.data.partition.edge_of_client[client])
+        return ClientUpdate(client, edge, state, len(samples), loss, seconds)
+
+    def aggregate(self, updates: Sequence[ClientUpdate]) -> RoundAggregate:
+        result = two_tier_fedavg(
+            {u.client: u.state for u in updates},
+            {u.client: u.num_samples for u in updates},
+            self.data.partition.edge_of_client,
+        )
+        # The global state goes down to every participating edge server and base station; each base
+        # station's state goes up to its edge server, and each edge server's average to the top.
+        down_nbytes = state_nbytes(self.global_state)
+        down = {TIER_TOP: down_nbytes * len(result.edge_states), TIER_EDGE: down_nbytes * len(updates)}
+        up = {
+            TIER_EDGE: sum(state_nbytes(u.state) for u in updates),
+            TIER_TOP: sum(state_nbytes(s) for s in result.edge_states.values()),
+        }
+        return RoundAggregate(result.global_state, result.edge_samples, [u.client for u in updates], down, up)
+
+    def run_round(self, rnd: int) -> dict[str, Any]:
+        clients = select_clients(self.seed, rnd, len(self.data.clients), self.fraction)
+        self._call("on_round_start", rnd, clients)
+        updates = []
+        for client in clients:
+            update = self.fit_client(client, rnd)
+            updates.append(update)
+            self._call("on_client_done", rnd, update)
+        return self.finish_round(rnd, updates)
+
+    def finish_round(self, rnd: int, updates: Sequence[ClientUpdate]) -> dict[str, Any]:
+        """Aggregate, evaluate and log a round whose client updates are in (any engine calls this)."""
+        aggregate = self.aggregate(updates)
+        self.global_state = aggregate.global_state
+        self._call("on_aggregated", rnd, aggregate)
+        metrics = self.evaluator(self.global_state)
+        samples = sum(u.num_samples for u in updates)
+        metrics["train/global_loss"] = sum(u.train_loss * u.num_samples for u in updates) / samples
+        metrics["clients"] = len(updates)
+        self._call("on_evaluated", rnd, metrics)
+        record: dict[str, Any] = {"round": rnd, **metrics}
+        self._call("log_round", rnd, record)
+        self.history.append(record)
+        self.completed_rounds = rnd
+        self._call("on_round_end", rnd, record)
+        return record
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict[str, Any]:
+        """All rounds; returns the summary. ``on_run_teardown`` hooks run even if a round raises."""
+        failed = True
+        try:
+            self._call("on_run_start")
+            for rnd in range(self.completed_rounds + 1, self.rounds + 1):
+                self.run_round(rnd)
+            summary = summarize(self.history, self.model.main_task, self.target_accuracy)
+            self._call("on_run_end", summary)
+            failed = False
+            return summary
+        finally:
+            self._call("on_run_teardown", failed)
+
+
+# Cumulative keys the callbacks add to every round record; the summary reads them "to target".
+CUMULATIVE_KEYS = {
+    "MB": ("comm/cum_bytes_total", 1e-6),
+    "time_s": ("time/total_s", 1.0),
+    "compute_s": ("time/compute_total_s", 1.0),
+    "energy_kwh": ("energy/cum_kwh", 1.0),
+}
+
+
+def summarize(history: Sequence[dict[str, Any]], main_task: str, target_accuracy: float) -> dict[str, Any]:
+    """Final and best main accuracy, totals, and rounds / MB / seconds / energy to ``target_accuracy``."""
+    if not history:
+        return {"rounds": 0}
+    key = f"val/acc/{main_task}"
+    accs = [r[key] for r in history]
+    best = int(np.argmax(accs))
+    reached = next((r for r in history if r[key] >= target_accuracy), None)
+    summary: dict[str, Any] = {
+        "rounds": len(history),
+        "final_accuracy": accs[-1],
+        "best_accuracy": accs[best],
+        "best_round": history[best]["round"],
+        "final_f1": history[-1].get(f"val/f1/{main_task}"),
+        "final_global_loss": history[-1].get("train/global_loss"),
+        "target_accuracy": target_accuracy,
+        "rounds_to_target": reached["round"] if reached else None,
+    }
+    for name, (record_key, scale) in CUMULATIVE_KEYS.items():
+        last = history[-1].get(record_key)
+        summary[f"total_{name}"] = None if last is None else last * scale
+        at = None if reached is None else reached.get(record_key)
+        summary[f"{name}_to_target"] = None if at is None else at * scale
+    return summary
