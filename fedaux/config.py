@@ -39,6 +39,7 @@ class DataConfig:
     root: Optional[str] = None  # None: embedded store; a raw folder or a store file otherwise
     on_bad_flow: str = "error"  # error | skip
     packets: int = 60
+    features: list[str] = field(default_factory=lambda: ["iat", "signed_length", "elapsed"])  # per-packet channels
     subflows_per_flow: int = 32
     min_packets: int = 10
     test_fraction: float = 0.2
@@ -61,6 +62,7 @@ class TrunkConfig:
     kernel_size: int = 3
     dense: list[int] = field(default_factory=lambda: [256, 256])
     dropout: float = 0.0
+    norm: str = "batch"  # none | batch | group, after each convolution
     cls: Optional[str] = None  # import path of another trunk class taking the same arguments
 
 

@@ -59,7 +59,7 @@ def build_orchestrator(cfg: DictConfig, data: FederatedData | None = None,
     if data is None:
         data = build_federated_data(cfg.data, fed.base_stations, fed.edge_servers, cfg.seed,
                                     main_target=cfg.model.heads[cfg.model.main_task].target)
-    model = build_model(cfg.model, data.targets, cfg.data.packets)
+    model = build_model(cfg.model, data.targets, cfg.data.packets, len(cfg.data.features))
     return FederatedOrchestrator(
         model, data, rounds=fed.rounds, local_epochs=fed.local_epochs, batch_size=fed.batch_size,
         fraction=fed.fraction, seed=cfg.seed, target_accuracy=cfg.target_accuracy,

@@ -21,13 +21,18 @@ def _cfg(*overrides):
 def test_windows_shape_range_and_padding(embedded_flows):
     rng = np.random.default_rng(0)
     windows = cut_windows(embedded_flows, np.arange(10), packets=60, subflows_per_flow=5, min_packets=10, rng=rng)
-    assert windows.x.shape == (50, 2, 60) and windows.x.dtype == np.float32
+    assert windows.x.shape == (50, 3, 60) and windows.x.dtype == np.float32
     assert windows.x[:, 0].min() >= 0 and windows.x[:, 0].max() <= 1
     assert np.abs(windows.x[:, 1]).max() <= 1
     # The first window of each flow starts at the flow's first packet.
     first = windows.x[0]
     assert first[0, 0] == 0.0
     assert first[1, 0] == pytest.approx((1 if embedded_flows.directions[0] == 1 else -1) * embedded_flows.lengths[0] / 1500)
+    # Elapsed time: 0 at the flow's first packet, then log-scaled microseconds since it.
+    times = embedded_flows.flow(0).times
+    assert first[2, 0] == 0.0
+    assert first[2, 59] == pytest.approx(np.log1p((times[59] - times[0]) * 1e6) / np.log1p(1e9), abs=1e-6)
+    assert (np.diff(windows.x[:, 2], axis=1)[:, :50] >= 0).all()
     # A window longer than the flow is zero-padded.
     long = cut_windows(embedded_flows, np.array([0]), packets=5000, subflows_per_flow=3, min_packets=1, rng=rng)
     n = int(embedded_flows.packet_counts()[0])
@@ -132,8 +137,12 @@ def test_datamodules_yield_dict_batches():
     cfg = _cfg("data.subflows_per_flow=4", "data.packets=32")
     data = build_federated_data(cfg.data, base_stations=2, edge_servers=1, seed=0)
     batch = next(iter(ClientDataModule(data.clients[0], batch_size=16, seed=1).train_dataloader()))
-    assert batch["x"].shape == (16, 2, 32) and batch["x"].dtype == torch.float32
+    assert batch["x"].shape == (16, 3, 32) and batch["x"].dtype == torch.float32
     assert {k: v.shape for k, v in batch.items() if k != "x"} == {k: (16,) for k in ("traffic_class", "bandwidth", "duration")}
+    # A last training batch of a single sample (which BatchNorm cannot take) waits for the next epoch.
+    client = data.clients[0]
+    odd = type(client)(client.x[:33], {k: v[:33] for k, v in client.targets.items()}, client.flow_index[:33])
+    assert [len(b["x"]) for b in ClientDataModule(odd, batch_size=32).train_dataloader()] == [32]
     test_batches = list(HeldOutDataModule(data.test, batch_size=64).val_dataloader())
     assert sum(len(b["x"]) for b in test_batches) == len(data.test)
-    assert packet_features(data.flows).shape == (2, data.flows.num_packets)
+    assert packet_features(data.flows).shape == (3, data.flows.num_packets)

@@ -71,7 +71,7 @@ def test_a_new_head_added_by_config_alone_trains(tmp_path, monkeypatch):
         "data.subflows_per_flow=2", "data.packets=20",
     )
     data = build_federated_data(cfg.data, 1, 1, seed=0)
-    model = build_model(cfg.model, data.targets, cfg.data.packets)
+    model = build_model(cfg.model, data.targets, cfg.data.packets, len(cfg.data.features))
     assert model.heads["upload"].__class__.__name__ == "Mlp" and model.tasks["upload"].out_features == 3
     before = {k: v.clone() for k, v in model.heads.state_dict().items()}
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,

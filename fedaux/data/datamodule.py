@@ -1,6 +1,7 @@
 """LightningDataModules over a :class:`~fedaux.data.samples.SampleSet`.
 
-Batches are dicts: ``{"x": (B, 2, packets) float32, <target>: (B,) ...}``. The dataset hands out
+Batches are dicts: ``{"x": (B, C, packets) float32, <target>: (B,) ...}`` with ``C`` features per
+packet (``data.features``). The dataset hands out
 whole batches through ``__getitems__`` (one tensor index per batch, not one call per sample), which
 keeps data loading negligible next to the model's arithmetic.
 """
@@ -46,6 +47,9 @@ def batch_loader(samples: SampleSet, batch_size: int, shuffle: bool, seed: int =
         shuffle=shuffle,
         generator=generator,
         collate_fn=_already_batched,
+        # A training batch of one sample breaks BatchNorm; when the split would leave one, that
+        # sample (a different one each epoch, as the order is reshuffled) waits for the next epoch.
+        drop_last=shuffle and len(samples) % batch_size == 1 and len(samples) > 1,
     )
 
 

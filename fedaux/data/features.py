@@ -1,19 +1,25 @@
 """Per-packet features and fixed-length windows ("subflows") cut from flows.
 
-Each sample is a window of ``packets`` consecutive packets with two channels:
+Each sample is a window of ``packets`` consecutive packets with one channel per configured
+feature (``data.features``), each normalised to a fixed range:
 
-* channel 0, inter-arrival time: ``log1p(gap_us) / log1p(1e7)`` clipped to ``[0, 1]``. The log keeps
+* ``iat``, inter-arrival time: ``log1p(gap_us) / log1p(1e7)`` in ``[0, 1]``. The log keeps
   microsecond bursts and multi-second pauses apart on one scale; gaps of 10 s or more saturate at 1.
   Steps back in time from capture reordering count as a gap of 0.
-* channel 1, direction-signed length: ``length / 1500`` clipped to ``[-1, 1]``, positive for
-  direction 1 and negative for direction 0 (1500 bytes is the Ethernet MTU, the largest packet here).
+* ``signed_length``: ``length / 1500`` clipped to ``[-1, 1]``, positive for direction 1 and
+  negative for direction 0 (1500 bytes is the Ethernet MTU, the largest packet here).
+* ``elapsed``, time since the flow's first packet: ``log1p(t_us) / log1p(1e9)`` in ``[0, 1]``
+  (saturating at about 17 minutes). It tells the model where in the flow a window lies, which
+  an observer of a live flow knows too.
 
-A window shorter than ``packets`` (the flow ended) is padded with zeros in both channels; a real
-packet never has length 0, so padding is unambiguous.
+A window shorter than ``packets`` (the flow ended) is padded with zeros in every channel; a real
+packet never has length 0, so padding is unambiguous. New features register a function of the
+flow collection returning one ``(P,)`` value per packet.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,21 +27,59 @@ import numpy as np
 from fedaux.data.flows import FlowCollection
 
 IAT_SATURATION_US = 1e7
+ELAPSED_SATURATION_US = 1e9
 MTU_BYTES = 1500.0
 
+PacketFeature = Callable[[FlowCollection], np.ndarray]
+PACKET_FEATURES: dict[str, PacketFeature] = {}
 
-def packet_features(flows: FlowCollection) -> np.ndarray:
+
+def register_feature(name: str) -> Callable[[PacketFeature], PacketFeature]:
+    """Decorator adding a per-packet feature function under ``name``."""
+
+    def add(fn: PacketFeature) -> PacketFeature:
+        PACKET_FEATURES[name] = fn
+        return fn
+
+    return add
+
+
+@register_feature("iat")
+def inter_arrival(flows: FlowCollection) -> np.ndarray:
+    gap = np.log1p(np.maximum(flows.iat_us, 0).astype(np.float64)) / np.log1p(IAT_SATURATION_US)
+    gap[flows.offsets[:-1]] = 0.0  # nothing precedes a flow's first packet
+    return np.clip(gap, 0.0, 1.0)
+
+
+@register_feature("signed_length")
+def signed_length(flows: FlowCollection) -> np.ndarray:
+    sign = np.where(flows.directions == 1, 1.0, -1.0)
+    return np.clip(sign * flows.lengths.astype(np.float64) / MTU_BYTES, -1.0, 1.0)
+
+
+@register_feature("elapsed")
+def elapsed(flows: FlowCollection) -> np.ndarray:
+    # Cumulative gaps restarted at every flow: subtract each flow's running total at its start.
+    gaps = np.maximum(flows.iat_us, 0).astype(np.float64)
+    gaps[flows.offsets[:-1]] = 0.0
+    total = np.cumsum(gaps)
+    since_start = total - np.repeat(total[flows.offsets[:-1]], np.diff(flows.offsets))
+    return np.clip(np.log1p(since_start) / np.log1p(ELAPSED_SATURATION_US), 0.0, 1.0)
+
+
+DEFAULT_FEATURES = ("iat", "signed_length", "elapsed")
+
+
+def packet_features(flows: FlowCollection, names: Sequence[str] = DEFAULT_FEATURES) -> np.ndarray:
     """Normalised features of every packet in the collection.
 
     Returns:
-        ``(2, P)`` float32: normalised inter-arrival time and direction-signed length.
+        ``(C, P)`` float32, one row per feature name, in the given order.
     """
-    gap = np.log1p(np.maximum(flows.iat_us, 0).astype(np.float64)) / np.log1p(IAT_SATURATION_US)
-    sign = np.where(flows.directions == 1, 1.0, -1.0)
-    signed_length = sign * flows.lengths.astype(np.float64) / MTU_BYTES
-    first_of_flow = flows.offsets[:-1]
-    gap[first_of_flow] = 0.0  # nothing precedes a flow's first packet
-    return np.stack([np.clip(gap, 0, 1), np.clip(signed_length, -1, 1)]).astype(np.float32)
+    unknown = [n for n in names if n not in PACKET_FEATURES]
+    if unknown or not names:
+        raise ValueError(f"data.features={list(names)}: unknown {unknown}; choose from {sorted(PACKET_FEATURES)}")
+    return np.stack([PACKET_FEATURES[n](flows) for n in names]).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -43,7 +87,7 @@ class Windows:
     """Samples cut from flows.
 
     Attributes:
-        x: ``(N, 2, packets)`` float32 features.
+        x: ``(N, C, packets)`` float32 features.
         flow_index: ``(N,)`` int64 index of the flow each window came from.
         dropped_flows: names of flows left out for having fewer than ``min_packets`` packets.
     """
@@ -70,7 +114,8 @@ def cut_windows(
 
     Args:
         flow_indices: ``(K,)`` flows to cut from.
-        features: precomputed :func:`packet_features` output, to avoid recomputing it per split.
+        features: precomputed ``(C, P)`` :func:`packet_features` output, to avoid recomputing it
+            per split; the default features when None.
     """
     if packets < 1 or subflows_per_flow < 1:
         raise ValueError(f"packets={packets} and subflows_per_flow={subflows_per_flow} must both be >= 1")
@@ -92,6 +137,6 @@ def cut_windows(
     owner = np.concatenate(owners)
     index = start[:, None] + np.arange(packets)[None, :]  # (N, packets) packet positions
     valid = index < flows.offsets[owner + 1][:, None]
-    x = features[:, np.where(valid, index, 0)]  # (2, N, packets)
+    x = features[:, np.where(valid, index, 0)]  # (C, N, packets)
     x = np.where(valid[None], x, 0.0).transpose(1, 0, 2)
     return Windows(np.ascontiguousarray(x, dtype=np.float32), owner, dropped)

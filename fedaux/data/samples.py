@@ -42,7 +42,7 @@ class SampleSet:
     """Windows and their targets, ready for a DataLoader.
 
     Attributes:
-        x: ``(N, 2, packets)`` float32 features.
+        x: ``(N, C, packets)`` float32 features, one channel per ``data.features`` entry.
         targets: ``{task_target: (N,)}`` int64 class indices (or float32 for regression).
         flow_index: ``(N,)`` index of the source flow of each sample.
     """
@@ -102,7 +102,7 @@ def build_federated_data(
         alpha=part.alpha,
         shards_per_client=part.shards_per_client,
     )
-    features = packet_features(flows)
+    features = packet_features(flows, list(data_cfg.features))
 
     def samples(flow_ids: np.ndarray, rng: np.random.Generator, labeled_fraction: float | None) -> tuple[SampleSet, tuple[str, ...]]:
         windows = cut_windows(

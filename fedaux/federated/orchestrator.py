@@ -6,6 +6,7 @@ lives in a :class:`~fedaux.federated.hooks.RoundCallback`, never in the loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -124,8 +125,11 @@ class FederatedOrchestrator:
         self.global_state = aggregate.global_state
         self._call("on_aggregated", rnd, aggregate)
         metrics = self.evaluator(self.global_state)
-        samples = sum(u.num_samples for u in updates)
-        metrics["train/global_loss"] = sum(u.train_loss * u.num_samples for u in updates) / samples
+        trained = [u for u in updates if math.isfinite(u.train_loss)]  # a client with no batch has no loss
+        samples = sum(u.num_samples for u in trained)
+        metrics["train/global_loss"] = (
+            sum(u.train_loss * u.num_samples for u in trained) / samples if samples else float("nan")
+        )
         metrics["clients"] = len(updates)
         self._call("on_evaluated", rnd, metrics)
         record: dict[str, Any] = {"round": rnd, **metrics}

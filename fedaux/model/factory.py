@@ -38,17 +38,19 @@ def task_specs(model_cfg, targets: Mapping[str, TargetValues]) -> dict[str, Task
     return specs
 
 
-def build_model(model_cfg, targets: Mapping[str, TargetValues], packets: int) -> MultiTaskModule:
+def build_model(model_cfg, targets: Mapping[str, TargetValues], packets: int, in_channels: int = 2) -> MultiTaskModule:
     """Trunk, heads and weighting from config, injected into a :class:`MultiTaskModule`."""
     trunk_cfg = model_cfg.trunk
     trunk_cls = import_by_path(trunk_cfg.cls, "model.trunk.cls") if trunk_cfg.cls else ConvTrunk
     trunk = trunk_cls(
         packets=packets,
+        in_channels=in_channels,
         channels=list(trunk_cfg.channels),
         convs_per_block=trunk_cfg.convs_per_block,
         kernel_size=trunk_cfg.kernel_size,
         dense=list(trunk_cfg.dense),
         dropout=trunk_cfg.dropout,
+        norm=trunk_cfg.norm,
     )
     specs = task_specs(model_cfg, targets)
     heads: dict[str, nn.Module] = {}

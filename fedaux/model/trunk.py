@@ -8,6 +8,15 @@ import torch
 from torch import nn
 
 
+# Normalisation after each convolution. GroupNorm keeps no running statistics, so nothing about a
+# client's data distribution hides in buffers that federated averaging would blend.
+NORMS = {
+    "none": lambda channels: [],
+    "batch": lambda channels: [nn.BatchNorm1d(channels)],
+    "group": lambda channels: [nn.GroupNorm(min(8, channels), channels)],
+}
+
+
 class ConvTrunk(nn.Module):
     """Blocks of ``convs_per_block`` x (Conv1d + ReLU) then MaxPool1d(2), flattened into dense layers.
 
@@ -17,6 +26,7 @@ class ConvTrunk(nn.Module):
     Args:
         in_channels: features per packet (2: inter-arrival time and signed length).
         packets: window length; fixes the flattened size.
+        norm: ``"none"``, ``"batch"`` or ``"group"`` normalisation after each convolution.
 
     Shape:
         input ``(B, in_channels, packets)`` -> output ``(B, dense[-1])``.
@@ -36,8 +46,11 @@ class ConvTrunk(nn.Module):
         kernel_size: int = 3,
         dense: Sequence[int] = (256, 256),
         dropout: float = 0.0,
+        norm: str = "none",
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"model.trunk.norm={norm!r} is not valid; choose one of {sorted(NORMS)}")
         if kernel_size % 2 == 0:
             raise ValueError(f"model.trunk.kernel_size={kernel_size} must be odd so 'same' padding keeps the length")
         if not channels or not dense:
@@ -46,7 +59,7 @@ class ConvTrunk(nn.Module):
         width, length = in_channels, packets
         for out in channels:
             for _ in range(convs_per_block):
-                layers += [nn.Conv1d(width, out, kernel_size, padding=kernel_size // 2), nn.ReLU()]
+                layers += [nn.Conv1d(width, out, kernel_size, padding=kernel_size // 2), *NORMS[norm](out), nn.ReLU()]
                 width = out
             if length >= 2:  # windows too short to pool keep their length rather than vanish
                 layers.append(nn.MaxPool1d(2))
