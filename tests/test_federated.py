@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from fedaux.federated.hooks import RoundCallback
 from fedaux.federated.orchestrator import TIER_EDGE, TIER_TOP, select_clients
 from fedaux.train import run
 from tests.conftest import REPO
-from tests.wandb_records import exit_code, history_rows, read_records, run_config
+from tests.wandb_records import exit_code, history_rows, read_finished_run, run_config
 
 
 class Recorder(RoundCallback):
@@ -28,7 +29,7 @@ class Recorder(RoundCallback):
         self.events.append(("start", rnd, tuple(clients)))
 
     def on_client_done(self, orchestrator, rnd, update):
-        self.updates.setdefault(rnd, []).append(update)
+        self.updates.setdefault(rnd, []).append(copy.copy(update))  # the loop drops update.state after
         self.events.append(("client", rnd, update.client))
 
     def on_aggregated(self, orchestrator, rnd, aggregate):
@@ -101,7 +102,7 @@ def test_two_rounds_two_base_stations_two_edge_servers(small_cfg, monkeypatch):
     # W&B offline: one run in the run folder, a history row per round with the round as its step.
     runs = list((result.run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
-    records = read_records(runs[0])
+    records = read_finished_run(runs[0])
     rows = history_rows(records)
     assert [r["_step"] for r in rows] == [1, 2] and [r["round"] for r in rows] == [1, 2]
     assert rows[1]["val/acc/traffic_class"] == pytest.approx(lines[1]["val/acc/traffic_class"])
@@ -122,7 +123,7 @@ def test_a_crash_still_finishes_the_wandb_run(small_cfg, monkeypatch):
     with pytest.raises(RuntimeError, match="evaluation exploded"):
         run(small_cfg)
     (run_file,) = (REPO / small_cfg.output_dir).glob("*/wandb/offline-run-*/run-*.wandb")
-    assert exit_code(read_records(run_file)) == 1
+    assert exit_code(read_finished_run(run_file)) == 1
 
 
 def test_weighted_average_by_name_and_integer_buffers():

@@ -60,3 +60,19 @@ def run_config(records) -> dict:
 def exit_code(records) -> int | None:
     codes = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
     return codes[-1] if codes else None
+
+
+def read_finished_run(path: Path, timeout_s: float = 60.0) -> list:
+    """Records of a run file once W&B's writer process has flushed its exit record.
+
+    ``run.finish()`` returns when the run is closed, but the separate ``wandb-core`` process may
+    still be writing the file for a moment, so poll rather than read once.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_records(path)
+        if exit_code(records) is not None or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)

@@ -36,23 +36,10 @@ def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
     total = float(sum(weights))
     if total <= 0 or any(w < 0 for w in weights):
         raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
-    keys = list(states[0])
-    for i, state in enumerate(states[1:], start=1):
-        if list(state) != keys:
-            raise ValueError(f"state {i} has keys {sorted(set(state) ^ set(keys))} that state 0 does not share")
-    heaviest = max(range(len(states)), key=lambda i: weights[i])
-    fractions = [w / total for w in weights]
-    out: State = {}
-    for key in keys:
-        first = states[0][key]
-        if first.is_floating_point():
-            acc = torch.zeros_like(first, dtype=torch.float64)
-            for state, fraction in zip(states, fractions):
-                acc.add_(state[key].to(torch.float64), alpha=fraction)
-            out[key] = acc.to(first.dtype)
-        else:
-            out[key] = states[heaviest][key].clone()
-    return out
+    average = StreamingAverage()
+    for state, weight in zip(states, weights):
+        average.add(state, weight)
+    return average.result()
 
 
 @dataclass(frozen=True)
@@ -62,6 +49,75 @@ class TwoTierResult:
     global_state: State
     edge_states: dict[int, State]
     edge_samples: dict[int, int]
+
+
+class StreamingAverage:
+    """A sample-weighted average built one state at a time, holding only running sums.
+
+    Sums are kept in float64 and divided once at the end, so the result does not depend on
+    the order states arrive in beyond float64 rounding. Integer tensors keep the value of the
+    heaviest state seen, as :func:`weighted_average` does.
+    """
+
+    def __init__(self) -> None:
+        self._sums: State = {}
+        self._keep: State = {}
+        self._dtypes: dict[str, torch.dtype] = {}
+        self._heaviest = -1.0
+        self.weight = 0.0
+
+    def add(self, state: Mapping[str, torch.Tensor], weight: float) -> None:
+        if weight < 0:
+            raise ValueError(f"weights must be non-negative, got {weight}")
+        if self._dtypes and list(state) != list(self._dtypes):
+            raise ValueError(f"state has keys {sorted(set(state) ^ set(self._dtypes))} that earlier states do not share")
+        heavier = weight > self._heaviest
+        for key, tensor in state.items():
+            if not self._dtypes.get(key, tensor.dtype) == tensor.dtype:
+                raise ValueError(f"{key}: dtype {tensor.dtype} differs from earlier states' {self._dtypes[key]}")
+            self._dtypes[key] = tensor.dtype
+            if tensor.is_floating_point():
+                contribution = tensor.detach().to(torch.float64) * weight
+                self._sums[key] = contribution if key not in self._sums else self._sums[key].add_(contribution)
+            elif heavier:
+                self._keep[key] = tensor.detach().clone()
+        if heavier:
+            self._heaviest = weight
+        self.weight += weight
+
+    def result(self) -> State:
+        if not self._dtypes or self.weight <= 0:
+            raise ValueError("cannot average zero states (or states of total weight zero)")
+        return {
+            key: (self._sums[key] / self.weight).to(dtype) if key in self._sums else self._keep[key].clone()
+            for key, dtype in self._dtypes.items()
+        }
+
+
+class TwoTierAggregator:
+    """Two-tier FedAvg fed one client state at a time: memory grows with edge servers, not clients.
+
+    Each edge server keeps a :class:`StreamingAverage` of its base stations; :meth:`result` averages
+    the edge servers' states weighted by their samples.
+    """
+
+    def __init__(self, edge_of_client: Mapping[int, int] | Sequence[int]) -> None:
+        self.edge_of_client = edge_of_client
+        self._edges: dict[int, StreamingAverage] = {}
+
+    def add(self, client: int, state: Mapping[str, torch.Tensor], num_samples: int) -> None:
+        edge = int(self.edge_of_client[client])
+        self._edges.setdefault(edge, StreamingAverage()).add(state, num_samples)
+
+    def result(self) -> TwoTierResult:
+        if not self._edges:
+            raise ValueError("no client state was received this round")
+        edge_states = {edge: avg.result() for edge, avg in sorted(self._edges.items())}
+        edge_samples = {edge: int(avg.weight) for edge, avg in sorted(self._edges.items())}
+        top = StreamingAverage()
+        for edge, state in edge_states.items():
+            top.add(state, edge_samples[edge])
+        return TwoTierResult(top.result(), edge_states, edge_samples)
 
 
 def two_tier_fedavg(
@@ -75,13 +131,7 @@ def two_tier_fedavg(
     rounding; with one edge server it is exactly plain FedAvg. Edge servers whose base stations
     all sat out the round are absent from ``edge_states``.
     """
-    by_edge: dict[int, list[int]] = {}
-    for client in client_states:
-        by_edge.setdefault(int(edge_of_client[client]), []).append(client)
-    edge_states, edge_samples = {}, {}
-    for edge, clients in sorted(by_edge.items()):
-        edge_states[edge] = weighted_average([client_states[c] for c in clients], [client_samples[c] for c in clients])
-        edge_samples[edge] = sum(client_samples[c] for c in clients)
-    edges = sorted(edge_states)
-    global_state = weighted_average([edge_states[e] for e in edges], [edge_samples[e] for e in edges])
-    return TwoTierResult(global_state, edge_states, edge_samples)
+    aggregator = TwoTierAggregator(edge_of_client)
+    for client, state in client_states.items():
+        aggregator.add(client, state, client_samples[client])
+    return aggregator.result()

@@ -27,6 +27,7 @@ class ClientUpdate:
     num_samples: int
     train_loss: float
     fit_seconds: float
+    nbytes: int = 0  # bytes of ``state`` as sent
     metrics: dict[str, float] = field(default_factory=dict)
 
 

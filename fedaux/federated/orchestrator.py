@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 
 from fedaux.data.samples import FederatedData
-from fedaux.federated.aggregation import state_nbytes, two_tier_fedavg
+from fedaux.federated.aggregation import TwoTierAggregator, state_nbytes
 from fedaux.federated.client import GlobalEvaluator, cpu_state, derived_seed, train_client
 from fedaux.federated.hooks import ClientUpdate, RoundAggregate, RoundCallback
 from fedaux.model.module import MultiTaskModule
@@ -93,35 +93,45 @@ class FederatedOrchestrator:
         edge = int(self.data.partition.edge_of_client[client])
         return ClientUpdate(client, edge, state, len(samples), loss, seconds)
 
-    def aggregate(self, updates: Sequence[ClientUpdate]) -> RoundAggregate:
-        result = two_tier_fedavg(
-            {u.client: u.state for u in updates},
-            {u.client: u.num_samples for u in updates},
-            self.data.partition.edge_of_client,
-        )
+    def start_round(self, rnd: int) -> list[int]:
+        """Pick the round's base stations, open a fresh aggregator and call ``on_round_start``."""
+        clients = select_clients(self.seed, rnd, len(self.data.clients), self.fraction)
+        self._aggregator = TwoTierAggregator(self.data.partition.edge_of_client)
+        self._received: list[ClientUpdate] = []
+        self._call("on_round_start", rnd, clients)
+        return clients
+
+    def receive(self, rnd: int, update: ClientUpdate) -> None:
+        """Take one client's update: hooks first, then fold it into the aggregate and drop its state,
+        so a round holds one state per edge server however many base stations there are."""
+        update.nbytes = state_nbytes(update.state)
+        self._call("on_client_done", rnd, update)
+        self._aggregator.add(update.client, update.state, update.num_samples)
+        update.state = {}
+        self._received.append(update)
+
+    def run_round(self, rnd: int) -> dict[str, Any]:
+        for client in self.start_round(rnd):
+            self.receive(rnd, self.fit_client(client, rnd))
+        return self.finish_round(rnd)
+
+    def _aggregate(self) -> RoundAggregate:
+        result = self._aggregator.result()
+        updates = self._received
         # The global state goes down to every participating edge server and base station; each base
         # station's state goes up to its edge server, and each edge server's average to the top.
         down_nbytes = state_nbytes(self.global_state)
         down = {TIER_TOP: down_nbytes * len(result.edge_states), TIER_EDGE: down_nbytes * len(updates)}
         up = {
-            TIER_EDGE: sum(state_nbytes(u.state) for u in updates),
+            TIER_EDGE: sum(u.nbytes for u in updates),
             TIER_TOP: sum(state_nbytes(s) for s in result.edge_states.values()),
         }
         return RoundAggregate(result.global_state, result.edge_samples, [u.client for u in updates], down, up)
 
-    def run_round(self, rnd: int) -> dict[str, Any]:
-        clients = select_clients(self.seed, rnd, len(self.data.clients), self.fraction)
-        self._call("on_round_start", rnd, clients)
-        updates = []
-        for client in clients:
-            update = self.fit_client(client, rnd)
-            updates.append(update)
-            self._call("on_client_done", rnd, update)
-        return self.finish_round(rnd, updates)
-
-    def finish_round(self, rnd: int, updates: Sequence[ClientUpdate]) -> dict[str, Any]:
-        """Aggregate, evaluate and log a round whose client updates are in (any engine calls this)."""
-        aggregate = self.aggregate(updates)
+    def finish_round(self, rnd: int) -> dict[str, Any]:
+        """Aggregate, evaluate and log a round whose client updates were all received (any engine)."""
+        aggregate = self._aggregate()
+        updates = self._received
         self.global_state = aggregate.global_state
         self._call("on_aggregated", rnd, aggregate)
         metrics = self.evaluator(self.global_state)
