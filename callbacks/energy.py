@@ -11,6 +11,7 @@ from typing_extensions import override
 from fedaux.federated.hooks import RoundCallback
 
 log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # say each reason once per process, not once per run of a benchmark
 RAPL = Path("/sys/class/powercap/intel-rapl")
 
 
@@ -49,7 +50,9 @@ class EnergyTracker(RoundCallback):
 
     def _disable(self, reason: str) -> None:
         self.enabled, self.reason, self._tracker = False, reason, None
-        log.warning("energy not measured: %s", reason)
+        if reason not in _WARNED:
+            _WARNED.add(reason)
+            log.warning("energy not measured: %s", reason)
 
     @override
     def on_round_start(self, orchestrator, rnd: int, clients: list[int]) -> None:
