@@ -12,18 +12,22 @@ from fedaux.federated.hooks import RoundCallback
 
 
 class RoundTimer(L.Callback, RoundCallback):
-    """Times rounds (round hooks) and each client's local fit (Lightning hooks on its Trainer).
+    """Times rounds (round hooks) and each client's local fit.
 
     Adds ``time/round_s`` (wall time of the round, training to evaluation), ``time/compute_s``
-    (sum of the clients' fit times: the compute a round costs however clients are spread over
-    machines), ``time/client_fit_max_s`` (the slowest client: a round's critical path when clients
-    train in parallel), ``time/eval_s``, and cumulative ``time/total_s`` and ``time/compute_total_s``.
+    (sum of the clients' fit times as each client measured it: the compute a round costs however
+    clients are spread over machines), ``time/client_fit_max_s`` (the slowest client: a round's
+    critical path when clients train in parallel), ``time/eval_s``, and cumulative
+    ``time/total_s`` and ``time/compute_total_s``. As a Lightning callback on the in-process
+    engine's client Trainers it also adds ``time/train_loop_s``, the part of the fits spent inside
+    Lightning's training loop (the rest is Trainer set-up and teardown).
     """
 
     def __init__(self, clock=time.perf_counter) -> None:
         self._clock = clock
         self._round_start = self._fit_start = self._eval_start = 0.0
         self._fits: list[float] = []
+        self._loops: list[float] = []
         self._eval_s = 0.0
         self._totals = {"wall": 0.0, "compute": 0.0}
 
@@ -34,13 +38,17 @@ class RoundTimer(L.Callback, RoundCallback):
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fits.append(self._clock() - self._fit_start)
+        self._loops.append(self._clock() - self._fit_start)
 
     # Round hooks.
     @override
     def on_round_start(self, orchestrator, rnd: int, clients: list[int]) -> None:
         self._round_start = self._clock()
-        self._fits = []
+        self._fits, self._loops = [], []
+
+    @override
+    def on_client_done(self, orchestrator, rnd: int, update) -> None:
+        self._fits.append(update.fit_seconds)
 
     @override
     def on_aggregated(self, orchestrator, rnd: int, aggregate) -> None:
@@ -61,6 +69,7 @@ class RoundTimer(L.Callback, RoundCallback):
             "time/compute_s": compute,
             "time/client_fit_max_s": max(self._fits, default=0.0),
             "time/eval_s": self._eval_s,
+            "time/train_loop_s": sum(self._loops),
             "time/total_s": self._totals["wall"],
             "time/compute_total_s": self._totals["compute"],
         })

@@ -105,6 +105,15 @@ class ModelConfig:
 
 
 @dataclass
+class FlowerConfig:
+    num_cpus: float = 1.0  # CPU cores Ray reserves for each simulated base station
+    max_workers: Optional[int] = None  # cores Ray may use in all; None: every core of the machine
+    torch_threads: int = 1  # torch threads inside each simulated base station
+    verbose: bool = False  # Flower's own log
+    timeout_s: float = 3600.0  # how long the server waits for a round's replies
+
+
+@dataclass
 class FederatedConfig:
     engine: str = "inprocess"  # inprocess | flower
     rounds: int = 30
@@ -115,6 +124,7 @@ class FederatedConfig:
     batch_size: int = 32
     eval_batch_size: int = 1024
     gradient_clip_val: Optional[float] = 1.0
+    flower: FlowerConfig = field(default_factory=FlowerConfig)  # used when engine is flower
 
 
 @dataclass
@@ -151,7 +161,7 @@ CHOICES = {
     "data.partition.scheme": ("iid", "dirichlet", "shards"),
     "model.weighting.name": ("random", "equal", "fixed", "uncertainty", "dwa"),
     "model.optimizer.name": ("adam", "adamw", "sgd"),
-    "federated.engine": ("inprocess",),
+    "federated.engine": ("inprocess", "flower"),
     "logging.wandb.mode": ("offline", "online", "disabled"),
 }
 
@@ -208,6 +218,20 @@ def normalise_overrides(overrides: list[str]) -> list[str]:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         out.append(item)
     return out
+
+
+def load_config_text(text: str, source: str = "config text") -> DictConfig:
+    """A full config from YAML text (as a run folder's ``config.yaml`` or a Flower message holds it)."""
+    try:
+        node = OmegaConf.create(text)
+        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), node)
+    except OmegaConfBaseException as err:
+        raise _explain(err, OmegaConf.structured(ExperimentConfig), source) from None
+    except Exception as err:
+        raise ConfigError(f"{source}: not valid YAML ({err})") from None
+    cfg.model.heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
+    validate(cfg)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

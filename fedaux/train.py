@@ -72,7 +72,12 @@ def run(cfg: DictConfig, data: FederatedData | None = None) -> RunResult:
     run_dir = new_run_dir(cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     orchestrator = build_orchestrator(cfg, data, callbacks=default_callbacks(cfg, run_dir))
-    summary = orchestrator.run()
+    if cfg.federated.engine == "flower":
+        from fedaux.federated.flower_engine import run_simulation
+
+        summary = run_simulation(orchestrator, cfg)
+    else:
+        summary = orchestrator.run()
     summary["run_dir"] = str(run_dir)
     summary["dropped_flows"] = len(orchestrator.data.dropped_flows)
     summary["skipped_files"] = len(orchestrator.data.skipped_files)

@@ -141,6 +141,17 @@ class FlowCollection:
             name=self.flow_names[index],
         )
 
+    def with_class_list(self, class_names: Sequence[str]) -> FlowCollection:
+        """The same flows with labels re-indexed into ``class_names`` (a federation's global list).
+
+        A base station may hold only some classes; its folder order must not decide label indices.
+        """
+        unknown = sorted(set(self.class_names) - set(class_names))
+        if unknown:
+            raise ValueError(f"local class folders {unknown} are not in the federation's classes {list(class_names)}")
+        index = np.array([list(class_names).index(name) for name in self.class_names], dtype=np.int64)
+        return FlowCollection(**{**self.__dict__, "class_names": tuple(class_names), "labels": index[self.labels]})
+
     # ------------------------------------------------------------------ persistence
     def checksum(self) -> str:
         """SHA-256 over names and arrays in a fixed byte order (independent of the zip container)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,48 @@ class FederatedData:
         return self.targets[target].num_classes
 
 
+def make_samples(
+    flows: FlowCollection,
+    flow_ids: np.ndarray,
+    targets: dict[str, TargetValues],
+    data_cfg,
+    rng: np.random.Generator,
+    labeled_fraction: float | None,
+    main_target: str,
+    features: np.ndarray | None = None,
+) -> tuple[SampleSet, tuple[str, ...]]:
+    """Windows of ``flow_ids`` with every target; the main target masked to ``labeled_fraction``.
+
+    Returns the samples and the names of flows dropped as shorter than ``data.min_packets``.
+    """
+    if features is None:
+        features = packet_features(flows, list(data_cfg.features))
+    windows = cut_windows(flows, flow_ids, data_cfg.packets, data_cfg.subflows_per_flow, data_cfg.min_packets, rng, features)
+    per_task = {}
+    for name, values in targets.items():
+        sample_values = values.values[windows.flow_index]
+        if name == main_target and labeled_fraction is not None:
+            sample_values = mask_labels(sample_values, labeled_fraction, rng)
+        per_task[name] = torch.from_numpy(np.ascontiguousarray(sample_values))
+    return SampleSet(torch.from_numpy(windows.x), per_task, torch.from_numpy(windows.flow_index)), windows.dropped_flows
+
+
+def local_client_samples(data_cfg, seed: int, client: int, class_names: Sequence[str],
+                         main_target: str = "traffic_class") -> SampleSet:
+    """A deployed base station's training samples from its own flows only (``data.root``).
+
+    Every local flow is a training flow; labels index the federation's ``class_names``; windows
+    and the label mask are drawn from the same random streams as in simulation, keyed by the base
+    station's index.
+    """
+    flows, _ = load_flows(data_cfg.root, data_cfg.on_bad_flow)
+    flows = flows.with_class_list(class_names)
+    targets = compute_targets({name: dict(spec) for name, spec in data_cfg.targets.items()}, flows)
+    samples, _ = make_samples(flows, np.arange(flows.num_flows), targets, data_cfg,
+                              stream(seed, "windows_train", client), data_cfg.labeled_fraction, main_target)
+    return samples
+
+
 def build_federated_data(
     data_cfg,
     base_stations: int,
@@ -104,17 +147,8 @@ def build_federated_data(
     )
     features = packet_features(flows, list(data_cfg.features))
 
-    def samples(flow_ids: np.ndarray, rng: np.random.Generator, labeled_fraction: float | None) -> tuple[SampleSet, tuple[str, ...]]:
-        windows = cut_windows(
-            flows, flow_ids, data_cfg.packets, data_cfg.subflows_per_flow, data_cfg.min_packets, rng, features
-        )
-        per_task = {}
-        for name, values in targets.items():
-            sample_values = values.values[windows.flow_index]
-            if name == main_target and labeled_fraction is not None:
-                sample_values = mask_labels(sample_values, labeled_fraction, rng)
-            per_task[name] = torch.from_numpy(np.ascontiguousarray(sample_values))
-        return SampleSet(torch.from_numpy(windows.x), per_task, torch.from_numpy(windows.flow_index)), windows.dropped_flows
+    def samples(flow_ids: np.ndarray, rng: np.random.Generator, labeled_fraction: float | None):
+        return make_samples(flows, flow_ids, targets, data_cfg, rng, labeled_fraction, main_target, features)
 
     test, dropped = samples(test_flows, stream(seed, "windows_test"), labeled_fraction=None)
     clients = []

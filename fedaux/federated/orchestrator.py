@@ -7,7 +7,7 @@ lives in a :class:`~fedaux.federated.hooks.RoundCallback`, never in the loop.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -67,6 +67,7 @@ class FederatedOrchestrator:
         self.evaluator = GlobalEvaluator(model, data.test, eval_batch_size)
         self.history: list[dict[str, Any]] = []
         self.completed_rounds = 0
+        self.summary: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ hooks
     def _call(self, hook: str, *args: Any) -> None:
@@ -150,19 +151,30 @@ class FederatedOrchestrator:
         return record
 
     # ------------------------------------------------------------------ the run
-    def run(self) -> dict[str, Any]:
-        """All rounds; returns the summary. ``on_run_teardown`` hooks run even if a round raises."""
+    def run(self, drive: Callable[[FederatedOrchestrator], None] | None = None) -> dict[str, Any]:
+        """All rounds; returns the summary. ``on_run_teardown`` hooks run even if a round raises.
+
+        Args:
+            drive: what calls :meth:`start_round`, :meth:`receive` and :meth:`finish_round` for each
+                round; by default the in-process loop (:meth:`run_round`). The Flower engine passes
+                its ServerApp, whose strategy calls the same methods.
+        """
         failed = True
         try:
             self._call("on_run_start")
-            for rnd in range(self.completed_rounds + 1, self.rounds + 1):
-                self.run_round(rnd)
-            summary = summarize(self.history, self.model.main_task, self.target_accuracy)
-            self._call("on_run_end", summary)
+            (drive or FederatedOrchestrator._run_rounds)(self)
+            if self.completed_rounds < self.rounds:
+                raise RuntimeError(f"the run stopped after {self.completed_rounds} of {self.rounds} rounds")
+            self.summary = summarize(self.history, self.model.main_task, self.target_accuracy)
+            self._call("on_run_end", self.summary)
             failed = False
-            return summary
+            return self.summary
         finally:
             self._call("on_run_teardown", failed)
+
+    def _run_rounds(self) -> None:
+        for rnd in range(self.completed_rounds + 1, self.rounds + 1):
+            self.run_round(rnd)
 
 
 # Cumulative keys the callbacks add to every round record; the summary reads them "to target".

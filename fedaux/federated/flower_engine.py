@@ -1,0 +1,286 @@
+"""The Flower engine: the same experiment on Flower's ClientApp / ServerApp (Message API).
+
+* Each base station is a Flower SuperNode running :data:`client_app`. It trains with the same
+  Lightning code as the in-process engine (:func:`fedaux.federated.client.train_client`), on its
+  partition (simulation: ``partition-id`` from Flower) or on its own local flows (deployment:
+  ``data-root`` in its node config).
+* The server is a :class:`TwoTierFedAvgStrategy`, a Flower ``Strategy`` that hands every reply to
+  the fedaux orchestrator: two-tier FedAvg by parameter name, evaluation of the global model on the
+  held-out flows, and the same round hooks, so bytes, time, W&B and metrics files work unchanged.
+
+State travels as an ``ArrayRecord`` built from the state dict (by name, never by position). The
+experiment config travels with every training message, so a deployed SuperNode needs only its data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+from omegaconf import DictConfig, OmegaConf
+
+from fedaux.federated.client import derived_seed, train_client
+from fedaux.federated.hooks import ClientUpdate, RoundCallback
+from fedaux.federated.orchestrator import FederatedOrchestrator
+
+log = logging.getLogger(__name__)
+
+ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
+
+
+# ---------------------------------------------------------------------------------------- bytes
+def flower_nbytes(obj: Any) -> int:
+    """Bytes Flower transfers for a record: every object of its tree as Flower serialises it.
+
+    Flower 1.x sends a message as a tree of content-addressed objects (the RecordDict, each record,
+    each Array); this sums ``deflate()`` over that tree, i.e. the payload before gRPC framing.
+    """
+    children = getattr(obj, "children", None) or {}
+    return len(obj.deflate()) + sum(flower_nbytes(child) for child in children.values())
+
+
+def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord.from_torch_state_dict(state)
+
+
+def from_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    # Flower's arrays may be read-only views of the message buffer; copy into owned tensors.
+    return {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
+
+
+# ---------------------------------------------------------------------------------------- client side
+@lru_cache(maxsize=2)
+def _experiment(yaml_text: str) -> DictConfig:
+    from fedaux.config import load_config_text
+
+    return load_config_text(yaml_text)
+
+
+@lru_cache(maxsize=2)
+def _simulated_data(yaml_text: str):
+    """The whole federation's data, built once per worker process (simulation only)."""
+    from fedaux.data.samples import build_federated_data
+
+    cfg = _experiment(yaml_text)
+    return build_federated_data(cfg.data, cfg.federated.base_stations, cfg.federated.edge_servers, cfg.seed,
+                                main_target=cfg.model.heads[cfg.model.main_task].target)
+
+
+@lru_cache(maxsize=4)
+def _local_samples(yaml_text: str, data_root: str, client: int, class_names: tuple[str, ...]):
+    from fedaux.data.samples import local_client_samples
+
+    cfg = _experiment(yaml_text)
+    cfg = OmegaConf.merge(cfg, {"data": {"root": data_root}})
+    return local_client_samples(cfg.data, cfg.seed, client, class_names,
+                                main_target=cfg.model.heads[cfg.model.main_task].target)
+
+
+@lru_cache(maxsize=2)
+def _model(yaml_text: str, target_classes_json: str):
+    from fedaux.data.targets import TargetValues
+    from fedaux.model import build_model
+
+    cfg = _experiment(yaml_text)
+    classes = json.loads(target_classes_json)
+    targets = {name: TargetValues(name, None, n, ()) for name, n in classes.items()}
+    return build_model(cfg.model, targets, cfg.data.packets, len(cfg.data.features))
+
+
+def _client_identity(context: Context, config: ConfigRecord) -> tuple[int, str | None]:
+    """(base station index, local data root or None). Simulation numbers nodes by ``partition-id``;
+    a deployed SuperNode states ``base-station`` and ``data-root`` in its ``--node-config``."""
+    node = context.node_config
+    if "data-root" in node:
+        return int(node.get("base-station", node.get("partition-id", 0))), str(node["data-root"])
+    return int(node["partition-id"]), None
+
+
+def _samples_for(context: Context, config: ConfigRecord):
+    yaml_text = str(config["experiment"])
+    client, data_root = _client_identity(context, config)
+    if data_root is None:
+        return client, _simulated_data(yaml_text).clients[client]
+    classes = tuple(json.loads(str(config["class-names"])))
+    return client, _local_samples(yaml_text, data_root, client, classes)
+
+
+client_app = ClientApp()
+
+
+@client_app.query()
+def identify(msg: Message, context: Context) -> Message:
+    """Tell the server which base station this node is and how many samples it holds."""
+    client, samples = _samples_for(context, msg.content[CONFIG])
+    reply = RecordDict({METRICS: MetricRecord({"client": client, "num-examples": len(samples)})})
+    return Message(content=reply, reply_to=msg)
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Local training: load the global arrays, fit with Lightning, send the new state back."""
+    config = msg.content[CONFIG]
+    yaml_text = str(config["experiment"])
+    cfg = _experiment(yaml_text)
+    if int(config.get("torch-threads", 0)) > 0:
+        torch.set_num_threads(int(config["torch-threads"]))
+    client, samples = _samples_for(context, config)
+    model = _model(yaml_text, str(config["target-classes"]))
+    rnd = int(config["server-round"])
+    fed = cfg.federated
+    state, loss, seconds = train_client(
+        model, samples, from_record(msg.content[ARRAYS]), local_epochs=fed.local_epochs, batch_size=fed.batch_size,
+        seed=derived_seed(cfg.seed, rnd, client), gradient_clip_val=fed.gradient_clip_val,
+    )
+    metrics = MetricRecord({"client": client, "num-examples": len(samples), "train_loss": loss, "fit_seconds": seconds})
+    return Message(content=RecordDict({ARRAYS: to_record(state), METRICS: metrics}), reply_to=msg)
+
+
+# ---------------------------------------------------------------------------------------- server side
+class FlowerTraffic(RoundCallback):
+    """Adds the bytes Flower actually carried between server and base stations to each round record:
+    ``comm/flower_bytes_down`` and ``comm/flower_bytes_up`` (serialised records, see :func:`flower_nbytes`)."""
+
+    def __init__(self) -> None:
+        self.down = self.up = 0
+        self._totals = {"down": 0, "up": 0}
+
+    def log_round(self, orchestrator, rnd: int, record: dict[str, Any]) -> None:
+        self._totals["down"] += self.down
+        self._totals["up"] += self.up
+        record["comm/flower_bytes_down"] = self.down
+        record["comm/flower_bytes_up"] = self.up
+        self.down = self.up = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"totals": dict(self._totals)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._totals = dict(state["totals"])
+
+
+class TwoTierFedAvgStrategy(Strategy):
+    """A Flower strategy that delegates selection, two-tier aggregation and evaluation to fedaux.
+
+    Args:
+        orchestrator: owns the global state, the partition's edge servers, the evaluator and the
+            round hooks. Client selection uses the same seeded draw as the in-process engine.
+        experiment_yaml: the resolved experiment config sent to every base station.
+        traffic: counts what Flower sends; it must also be among the orchestrator's callbacks.
+    """
+
+    def __init__(self, orchestrator: FederatedOrchestrator, experiment_yaml: str, traffic: FlowerTraffic,
+                 torch_threads: int = 0) -> None:
+        self.orchestrator = orchestrator
+        self.traffic = traffic
+        data = orchestrator.data
+        self.base_config = {
+            "experiment": experiment_yaml,
+            "target-classes": json.dumps({n: t.num_classes for n, t in data.targets.items()}),
+            "class-names": json.dumps(list(data.flows.class_names)),
+            "torch-threads": torch_threads,
+        }
+        self.node_of_client: dict[int, int] = {}
+
+    def summary(self) -> None:
+        log.info("TwoTierFedAvgStrategy: %d base stations under %d edge servers", len(self.orchestrator.data.clients),
+                 int(self.orchestrator.data.partition.edge_of_client.max()) + 1)
+
+    def _identify_nodes(self, grid: Grid) -> None:
+        """Ask every node which base station it is (node ids are assigned by Flower)."""
+        node_ids = list(grid.get_node_ids())
+        messages = [Message(content=RecordDict({CONFIG: ConfigRecord(dict(self.base_config))}),
+                            message_type=MessageType.QUERY, dst_node_id=n) for n in node_ids]
+        for reply in grid.send_and_receive(messages):
+            if reply.has_error():
+                raise RuntimeError(f"node {reply.metadata.src_node_id} failed to identify itself: {reply.error.reason}")
+            self.node_of_client[int(reply.content[METRICS]["client"])] = reply.metadata.src_node_id
+        missing = sorted(set(range(len(self.orchestrator.data.clients))) - set(self.node_of_client))
+        if missing:
+            raise RuntimeError(f"no Flower node serves base stations {missing}; {len(node_ids)} node(s) connected")
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        if not self.node_of_client:
+            self._identify_nodes(grid)
+        clients = self.orchestrator.start_round(server_round)
+        record = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({**self.base_config, "server-round": server_round})})
+        self.traffic.down = flower_nbytes(record) * len(clients)
+        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.node_of_client[c])
+                for c in clients]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        updates = []
+        for reply in replies:
+            if reply.has_error():
+                raise RuntimeError(f"base station on node {reply.metadata.src_node_id} failed: {reply.error.reason}")
+            self.traffic.up += flower_nbytes(reply.content)
+            metrics = reply.content[METRICS]
+            client = int(metrics["client"])
+            updates.append(ClientUpdate(
+                client=client, edge=int(self.orchestrator.data.partition.edge_of_client[client]),
+                state=from_record(reply.content[ARRAYS]), num_samples=int(metrics["num-examples"]),
+                train_loss=float(metrics["train_loss"]), fit_seconds=float(metrics["fit_seconds"]),
+            ))
+        # Replies arrive in any order; fold them in base-station order so both engines sum alike.
+        for update in sorted(updates, key=lambda u: u.client):
+            self.orchestrator.receive(server_round, update)
+        record = self.orchestrator.finish_round(server_round)
+        main = f"val/acc/{self.orchestrator.model.main_task}"
+        return to_record(self.orchestrator.global_state), MetricRecord({"accuracy": float(record[main])})
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return []  # the server evaluates the global model on the held-out flows in aggregate_train
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
+
+
+def make_server_app(orchestrator: FederatedOrchestrator, experiment_yaml: str, torch_threads: int = 0,
+                    timeout_s: float = 3600) -> ServerApp:
+    """A ServerApp that runs ``orchestrator`` with the Flower strategy driving its rounds."""
+    traffic = FlowerTraffic()
+    orchestrator.callbacks.append(traffic)
+    strategy = TwoTierFedAvgStrategy(orchestrator, experiment_yaml, traffic, torch_threads)
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        def drive(orch: FederatedOrchestrator) -> None:
+            strategy.start(grid, to_record(orch.global_state), num_rounds=orch.rounds, timeout=timeout_s)
+
+        orchestrator.run(drive)
+
+    return app
+
+
+def run_simulation(orchestrator: FederatedOrchestrator, cfg: DictConfig) -> dict[str, Any]:
+    """Run ``orchestrator``'s experiment on Flower's simulation engine (Ray) on this machine."""
+    from flwr.simulation import run_simulation as flower_run_simulation
+
+    flower = cfg.federated.flower
+    if not flower.verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    server_app = make_server_app(orchestrator, OmegaConf.to_yaml(cfg, resolve=True), flower.torch_threads,
+                                 flower.timeout_s)
+    backend_config = {
+        "client_resources": {"num_cpus": flower.num_cpus, "num_gpus": 0.0},
+        "init_args": {"num_cpus": flower.max_workers or os.cpu_count(), "include_dashboard": False,
+                      "logging_level": "error", "log_to_driver": False},
+    }
+    flower_run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.federated.base_stations,
+                          backend_config=backend_config, verbose_logging=flower.verbose)
+    if orchestrator.summary is None:
+        raise RuntimeError(
+            f"the Flower simulation stopped after {orchestrator.completed_rounds} of {orchestrator.rounds} rounds; "
+            "rerun with federated.flower.verbose=true to see Flower's log"
+        )
+    return orchestrator.summary
