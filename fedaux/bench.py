@@ -26,7 +26,6 @@ from omegaconf import OmegaConf
 
 from callbacks import CommunicationTracker, EnergyTracker, RoundTimer
 from fedaux.config import ConfigError, load_config
-from fedaux.data.flows import FlowCollection
 from fedaux.data.samples import build_federated_data, load_flows
 from fedaux.federated.aggregation import state_nbytes
 from fedaux.federated.orchestrator import summarize
@@ -187,18 +186,8 @@ def scale_point(config: Path, base_stations: int, rounds: int, overrides: list[s
 def replicated_store(replicate: int, path: Path) -> Path:
     """The embedded flows, each repeated ``replicate`` times as distinct flows (scale test only)."""
     flows, _ = load_flows(None)
-    counts = flows.packet_counts()
     order = np.tile(np.arange(flows.num_flows), replicate)
-    starts = flows.offsets[:-1][order]
-    index = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts[order])])
-    big = FlowCollection(
-        class_names=flows.class_names,
-        flow_names=tuple(f"{flows.flow_names[i]}#copy{k}" for k in range(replicate) for i in range(flows.num_flows)),
-        labels=flows.labels[order], offsets=np.concatenate(([0], np.cumsum(counts[order]))),
-        iat_us=flows.iat_us[index], lengths=flows.lengths[index], directions=flows.directions[index],
-        unix_start=flows.unix_start[order], provenance=f"embedded store, every flow x{replicate} (scale benchmark)",
-    )
-    big.save(path)
+    flows.select(order, provenance=f"embedded store, every flow x{replicate} (scale benchmark)").save(path)
     return path
 
 

@@ -67,17 +67,21 @@ def build_orchestrator(cfg: DictConfig, data: FederatedData | None = None,
     )
 
 
-def run(cfg: DictConfig, data: FederatedData | None = None) -> RunResult:
-    """Run one federated experiment and write its run folder; see ``README.md`` for the files."""
+def run(cfg: DictConfig, data: FederatedData | None = None, drive=None) -> RunResult:
+    """Run one federated experiment and write its run folder; see ``README.md`` for the files.
+
+    ``drive`` runs the rounds (see :meth:`FederatedOrchestrator.run`); by default the engine named
+    by ``federated.engine`` does: the in-process loop, or Flower's simulation engine.
+    """
     run_dir = new_run_dir(cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     orchestrator = build_orchestrator(cfg, data, callbacks=default_callbacks(cfg, run_dir))
-    if cfg.federated.engine == "flower":
+    if drive is None and cfg.federated.engine == "flower":
         from fedaux.federated.flower_engine import run_simulation
 
         summary = run_simulation(orchestrator, cfg)
     else:
-        summary = orchestrator.run()
+        summary = orchestrator.run(drive)
     summary["run_dir"] = str(run_dir)
     summary["dropped_flows"] = len(orchestrator.data.dropped_flows)
     summary["skipped_files"] = len(orchestrator.data.skipped_files)

@@ -141,6 +141,24 @@ class FlowCollection:
             name=self.flow_names[index],
         )
 
+    def select(self, flow_indices: Sequence[int], provenance: str | None = None) -> FlowCollection:
+        """A new collection of the given flows, in the given order (repeats allowed, renamed ``#k``)."""
+        order = np.asarray(flow_indices, dtype=np.int64)
+        counts = self.packet_counts()[order]
+        starts = self.offsets[:-1][order]
+        index = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts)]) if len(order) else np.zeros(0, np.int64)
+        seen: dict[int, int] = {}
+        names = []
+        for i in order.tolist():
+            seen[i] = seen.get(i, 0) + 1
+            names.append(self.flow_names[i] if seen[i] == 1 else f"{self.flow_names[i]}#{seen[i] - 1}")
+        return FlowCollection(
+            class_names=self.class_names, flow_names=tuple(names), labels=self.labels[order],
+            offsets=np.concatenate(([0], np.cumsum(counts))).astype(np.int64), iat_us=self.iat_us[index],
+            lengths=self.lengths[index], directions=self.directions[index], unix_start=self.unix_start[order],
+            provenance=self.provenance if provenance is None else provenance,
+        )
+
     def with_class_list(self, class_names: Sequence[str]) -> FlowCollection:
         """The same flows with labels re-indexed into ``class_names`` (a federation's global list).
 

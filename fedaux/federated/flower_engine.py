@@ -244,20 +244,26 @@ class TwoTierFedAvgStrategy(Strategy):
         return None
 
 
+def flower_driver(grid: Grid, experiment_yaml: str, torch_threads: int = 0, timeout_s: float = 3600):
+    """A ``drive`` for :meth:`FederatedOrchestrator.run` that lets a Flower strategy run the rounds."""
+
+    def drive(orchestrator: FederatedOrchestrator) -> None:
+        traffic = FlowerTraffic()
+        orchestrator.callbacks.append(traffic)
+        strategy = TwoTierFedAvgStrategy(orchestrator, experiment_yaml, traffic, torch_threads)
+        strategy.start(grid, to_record(orchestrator.global_state), num_rounds=orchestrator.rounds, timeout=timeout_s)
+
+    return drive
+
+
 def make_server_app(orchestrator: FederatedOrchestrator, experiment_yaml: str, torch_threads: int = 0,
                     timeout_s: float = 3600) -> ServerApp:
-    """A ServerApp that runs ``orchestrator`` with the Flower strategy driving its rounds."""
-    traffic = FlowerTraffic()
-    orchestrator.callbacks.append(traffic)
-    strategy = TwoTierFedAvgStrategy(orchestrator, experiment_yaml, traffic, torch_threads)
+    """A ServerApp that runs an already built ``orchestrator`` (simulation, in this process)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        def drive(orch: FederatedOrchestrator) -> None:
-            strategy.start(grid, to_record(orch.global_state), num_rounds=orch.rounds, timeout=timeout_s)
-
-        orchestrator.run(drive)
+        orchestrator.run(flower_driver(grid, experiment_yaml, torch_threads, timeout_s))
 
     return app
 

@@ -1,0 +1,36 @@
+"""The Flower app for a real deployment: ``flwr run`` loads these two objects by import path.
+
+``server_app`` runs on the SuperLink's host. Its run config names the experiment YAML
+(``experiment``, an absolute path on that host) and optional ``overrides`` (``key=value`` words);
+it writes the usual run folder there. ``client_app`` runs on every SuperNode, which states its
+base station index and its local flows in ``--node-config "base-station=0 data-root=/data/bs0"``.
+See README "Deployment" and ``conf/deploy/``.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedaux.federated.flower_engine import client_app, flower_driver
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    from omegaconf import OmegaConf
+
+    from fedaux.config import load_config
+    from fedaux.train import run
+
+    cfg = load_config(str(context.run_config["experiment"]), shlex.split(str(context.run_config.get("overrides", ""))))
+    flower = cfg.federated.flower
+    result = run(cfg, drive=flower_driver(grid, OmegaConf.to_yaml(cfg, resolve=True), flower.torch_threads,
+                                          flower.timeout_s))
+    print(f"fedaux: run folder {result.run_dir}, final accuracy {result.summary['final_accuracy']:.4f}")
+
+
+__all__ = ["client_app", "server_app"]
