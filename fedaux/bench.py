@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -28,7 +28,6 @@ from callbacks import CommunicationTracker, EnergyTracker, RoundTimer
 from fedaux.config import ConfigError, load_config
 from fedaux.data.samples import build_federated_data, load_flows
 from fedaux.federated.aggregation import state_nbytes
-from fedaux.federated.orchestrator import summarize
 from fedaux.train import build_orchestrator
 
 
@@ -37,7 +36,7 @@ from fedaux.train import build_orchestrator
 class SweepAxis:
     key: str = "???"  # an experiment config key
     values: list[Any] = field(default_factory=list)
-    methods: Optional[list[str]] = None  # default: sensitivity_methods
+    methods: list[str] | None = None  # default: sensitivity_methods
 
 
 @dataclass
@@ -193,7 +192,6 @@ def replicated_store(replicate: int, path: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------- report
 def render(results: dict[str, Any], bench, command: str) -> str:
-    main_task = results["main_task"]
     base = results["headline"][bench.baseline]
     seeds = len(bench.seeds)
     lines = [

@@ -16,8 +16,9 @@ import numpy as np
 from fedaux.config import ConfigError, load_config
 from fedaux.data.flows import FlowStoreError
 from fedaux.data.reader import FlowFormatError
+from fedaux.federated.errors import NotEnoughClients
 
-USER_ERRORS = (ConfigError, FlowFormatError, FlowStoreError, ValueError, FileNotFoundError)
+USER_ERRORS = (ConfigError, FlowFormatError, FlowStoreError, ValueError, FileNotFoundError, NotEnoughClients)
 
 
 def _guarded(prog: str, fn: Callable[[], int]) -> int:
@@ -106,16 +107,27 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         epilog="Overrides use the config's dotted keys, e.g. federated.rounds=5 or --model.optimizer.lr=0.003 "
                "(the form a W&B sweep agent passes).",
     )
-    parser.add_argument("--config", default="conf/quic.yaml", help="experiment YAML (default: conf/quic.yaml)")
+    parser.add_argument("--config", default=None, help="experiment YAML (default: conf/quic.yaml, or the resumed "
+                                                         "run's config.yaml with --resume)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    parser.add_argument("--dry-run", action="store_true", help="check the config and data, build the model, stop")
     args, overrides = parser.parse_known_args(argv)
-    return _guarded("fedaux-train", lambda: _train(args.config, overrides))
+    return _guarded("fedaux-train", lambda: _train(args.config, overrides, args.resume, args.dry_run))
 
 
-def _train(config: str, overrides: list[str]) -> int:
-    from fedaux.train import run
+def _train(config: str | None, overrides: list[str], resume: str | None, dry_run: bool) -> int:
+    from fedaux.train import build_orchestrator, run
 
+    if config is None:
+        config = str(Path(resume) / "config.yaml") if resume else "conf/quic.yaml"
     cfg = load_config(config, overrides)
-    result = run(cfg)
+    if dry_run:
+        orchestrator = build_orchestrator(cfg)
+        sizes = [len(c) for c in orchestrator.data.clients]
+        print(f"config ok: {len(sizes)} base stations with {min(sizes)}-{max(sizes)} samples, "
+              f"{len(orchestrator.data.test)} test samples, heads {list(orchestrator.model.heads)}")
+        return 0
+    result = run(cfg, resume=resume)
     _print_summary(result.summary)
     return 0
 

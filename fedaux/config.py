@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 @dataclass
 class TargetConfig:
     fn: str = MISSING  # registry name or "package.module:function"
-    bins: Optional[list[float]] = None  # class edges; None keeps the raw value (regression)
+    bins: list[float] | None = None  # class edges; None keeps the raw value (regression)
 
 
 @dataclass
@@ -36,7 +36,7 @@ class PartitionConfig:
 
 @dataclass
 class DataConfig:
-    root: Optional[str] = None  # None: embedded store; a raw folder or a store file otherwise
+    root: str | None = None  # None: embedded store; a raw folder or a store file otherwise
     on_bad_flow: str = "error"  # error | skip
     packets: int = 60
     features: list[str] = field(default_factory=lambda: ["iat", "signed_length", "elapsed"])  # per-packet channels
@@ -63,17 +63,17 @@ class TrunkConfig:
     dense: list[int] = field(default_factory=lambda: [256, 256])
     dropout: float = 0.0
     norm: str = "batch"  # none | batch | group, after each convolution
-    cls: Optional[str] = None  # import path of another trunk class taking the same arguments
+    cls: str | None = None  # import path of another trunk class taking the same arguments
 
 
 @dataclass
 class HeadConfig:
     target: str = MISSING  # a name in data.targets
     kind: str = "classification"  # classification | regression
-    loss: Optional[str] = None  # cross_entropy | mse | l1 | smooth_l1; default by kind
-    out_features: Optional[int] = None  # inferred from the target when None
+    loss: str | None = None  # cross_entropy | mse | l1 | smooth_l1; default by kind
+    out_features: int | None = None  # inferred from the target when None
     hidden: int = 0  # width of a hidden layer in the head; 0 for a linear head
-    cls: Optional[str] = None  # import path of a custom head class
+    cls: str | None = None  # import path of a custom head class
 
 
 @dataclass
@@ -97,7 +97,7 @@ class OptimizerConfig:
 class ModelConfig:
     main_task: str = "traffic_class"
     trunk: TrunkConfig = field(default_factory=TrunkConfig)
-    heads: dict[str, Optional[HeadConfig]] = field(
+    heads: dict[str, HeadConfig | None] = field(
         default_factory=lambda: {"traffic_class": HeadConfig(target="traffic_class")}
     )
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
@@ -107,7 +107,7 @@ class ModelConfig:
 @dataclass
 class FlowerConfig:
     num_cpus: float = 1.0  # CPU cores Ray reserves for each simulated base station
-    max_workers: Optional[int] = None  # cores Ray may use in all; None: every core of the machine
+    max_workers: int | None = None  # cores Ray may use in all; None: every core of the machine
     torch_threads: int = 1  # torch threads inside each simulated base station
     verbose: bool = False  # Flower's own log
     timeout_s: float = 3600.0  # how long the server waits for a round's replies
@@ -123,7 +123,12 @@ class FederatedConfig:
     local_epochs: int = 1
     batch_size: int = 32
     eval_batch_size: int = 1024
-    gradient_clip_val: Optional[float] = 1.0
+    gradient_clip_val: float | None = 1.0
+    client_timeout_s: float | None = None  # drop a base station that has not answered by then
+    min_clients: int = 1  # fewer valid updates in a round stops the run (after the last checkpoint)
+    update_norm_bound: float | None = None  # reject updates farther than this (L2) from the global state
+    aggregation: str = "fedavg"  # fedavg | median | trimmed_mean (robust rules apply at the edge tier)
+    trim_fraction: float = 0.1  # trimmed_mean: share dropped at each end
     flower: FlowerConfig = field(default_factory=FlowerConfig)  # used when engine is flower
 
 
@@ -131,8 +136,8 @@ class FederatedConfig:
 class WandbConfig:
     mode: str = "offline"  # offline | online | disabled
     project: str = "fedaux"
-    entity: Optional[str] = None
-    name: Optional[str] = None
+    entity: str | None = None
+    name: str | None = None
     tags: list[str] = field(default_factory=list)
 
 
@@ -162,6 +167,7 @@ CHOICES = {
     "model.weighting.name": ("random", "equal", "fixed", "uncertainty", "dwa"),
     "model.optimizer.name": ("adam", "adamw", "sgd"),
     "federated.engine": ("inprocess", "flower"),
+    "federated.aggregation": ("fedavg", "median", "trimmed_mean"),
     "logging.wandb.mode": ("offline", "online", "disabled"),
 }
 

@@ -94,20 +94,71 @@ class StreamingAverage:
         }
 
 
-class TwoTierAggregator:
-    """Two-tier FedAvg fed one client state at a time: memory grows with edge servers, not clients.
+def coordinate_median(states: Sequence[Mapping[str, torch.Tensor]]) -> State:
+    """Coordinate-wise median of float tensors (Yin et al. 2018); integers from the first state."""
+    return {key: torch.stack([s[key] for s in states]).median(dim=0).values if first.is_floating_point()
+            else first.clone() for key, first in states[0].items()}
 
-    Each edge server keeps a :class:`StreamingAverage` of its base stations; :meth:`result` averages
-    the edge servers' states weighted by their samples.
+
+def trimmed_mean(states: Sequence[Mapping[str, torch.Tensor]], trim_fraction: float) -> State:
+    """Coordinate-wise mean after dropping the ``trim_fraction`` largest and smallest values."""
+    if not 0 <= trim_fraction < 0.5:
+        raise ValueError(f"federated.trim_fraction={trim_fraction} must be in [0, 0.5)")
+    k = int(trim_fraction * len(states))
+    out: State = {}
+    for key, first in states[0].items():
+        if not first.is_floating_point():
+            out[key] = first.clone()
+            continue
+        stacked = torch.stack([s[key] for s in states]).sort(dim=0).values
+        out[key] = stacked[k:len(states) - k].mean(dim=0)
+    return out
+
+
+class RobustEdge:
+    """Keeps an edge server's states for a robust rule (median or trimmed mean), which needs them all."""
+
+    def __init__(self, rule: str, trim_fraction: float) -> None:
+        self.rule, self.trim_fraction = rule, trim_fraction
+        self.states: list[Mapping[str, torch.Tensor]] = []
+        self.weight = 0.0
+
+    def add(self, state: Mapping[str, torch.Tensor], weight: float) -> None:
+        self.states.append(state)
+        self.weight += weight
+
+    def result(self) -> State:
+        if self.rule == "median":
+            return coordinate_median(self.states)
+        return trimmed_mean(self.states, self.trim_fraction)
+
+
+AGGREGATION_RULES = ("fedavg", "median", "trimmed_mean")
+
+
+class TwoTierAggregator:
+    """Two-tier aggregation fed one client state at a time.
+
+    With ``rule="fedavg"`` each edge server keeps a :class:`StreamingAverage` of its base stations,
+    so memory grows with edge servers, not clients. The robust rules (``median``,
+    ``trimmed_mean``) apply at the edge tier, where a faulty base station's update arrives, and
+    must keep that edge's states until the round ends. The top level always averages the edge
+    servers weighted by their samples.
     """
 
-    def __init__(self, edge_of_client: Mapping[int, int] | Sequence[int]) -> None:
+    def __init__(self, edge_of_client: Mapping[int, int] | Sequence[int], rule: str = "fedavg",
+                 trim_fraction: float = 0.1) -> None:
+        if rule not in AGGREGATION_RULES:
+            raise ValueError(f"federated.aggregation={rule!r} is not valid; choose one of {list(AGGREGATION_RULES)}")
         self.edge_of_client = edge_of_client
-        self._edges: dict[int, StreamingAverage] = {}
+        self.rule, self.trim_fraction = rule, trim_fraction
+        self._edges: dict[int, StreamingAverage | RobustEdge] = {}
 
     def add(self, client: int, state: Mapping[str, torch.Tensor], num_samples: int) -> None:
         edge = int(self.edge_of_client[client])
-        self._edges.setdefault(edge, StreamingAverage()).add(state, num_samples)
+        if edge not in self._edges:
+            self._edges[edge] = StreamingAverage() if self.rule == "fedavg" else RobustEdge(self.rule, self.trim_fraction)
+        self._edges[edge].add(state, num_samples)
 
     def result(self) -> TwoTierResult:
         if not self._edges:

@@ -29,7 +29,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg = load_config(str(context.run_config["experiment"]), shlex.split(str(context.run_config.get("overrides", ""))))
     flower = cfg.federated.flower
     result = run(cfg, drive=flower_driver(grid, OmegaConf.to_yaml(cfg, resolve=True), flower.torch_threads,
-                                          flower.timeout_s))
+                                          cfg.federated.client_timeout_s or flower.timeout_s))
     print(f"fedaux: run folder {result.run_dir}, final accuracy {result.summary['final_accuracy']:.4f}")
 
 

@@ -190,6 +190,7 @@ class TwoTierFedAvgStrategy(Strategy):
             "torch-threads": torch_threads,
         }
         self.node_of_client: dict[int, int] = {}
+        self._selected: list[int] = []
 
     def summary(self) -> None:
         log.info("TwoTierFedAvgStrategy: %d base stations under %d edge servers", len(self.orchestrator.data.clients),
@@ -212,24 +213,30 @@ class TwoTierFedAvgStrategy(Strategy):
         if not self.node_of_client:
             self._identify_nodes(grid)
         clients = self.orchestrator.start_round(server_round)
+        self._selected = list(clients)
         record = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({**self.base_config, "server-round": server_round})})
         self.traffic.down = flower_nbytes(record) * len(clients)
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.node_of_client[c])
                 for c in clients]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates = []
+        updates, answered = [], set()
+        client_of_node = {node: client for client, node in self.node_of_client.items()}
         for reply in replies:
+            client = client_of_node.get(reply.metadata.src_node_id, -1)
+            answered.add(client)
             if reply.has_error():
-                raise RuntimeError(f"base station on node {reply.metadata.src_node_id} failed: {reply.error.reason}")
+                self.orchestrator.drop(server_round, client, f"failed on its node: {reply.error.reason}")
+                continue
             self.traffic.up += flower_nbytes(reply.content)
             metrics = reply.content[METRICS]
-            client = int(metrics["client"])
             updates.append(ClientUpdate(
                 client=client, edge=int(self.orchestrator.data.partition.edge_of_client[client]),
                 state=from_record(reply.content[ARRAYS]), num_samples=int(metrics["num-examples"]),
                 train_loss=float(metrics["train_loss"]), fit_seconds=float(metrics["fit_seconds"]),
             ))
+        for client in sorted(set(self._selected) - answered):
+            self.orchestrator.drop(server_round, client, "no reply within the round's timeout")
         # Replies arrive in any order; fold them in base-station order so both engines sum alike.
         for update in sorted(updates, key=lambda u: u.client):
             self.orchestrator.receive(server_round, update)
@@ -276,7 +283,7 @@ def run_simulation(orchestrator: FederatedOrchestrator, cfg: DictConfig) -> dict
     if not flower.verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     server_app = make_server_app(orchestrator, OmegaConf.to_yaml(cfg, resolve=True), flower.torch_threads,
-                                 flower.timeout_s)
+                                 cfg.federated.client_timeout_s or flower.timeout_s)
     backend_config = {
         "client_resources": {"num_cpus": flower.num_cpus, "num_gpus": 0.0},
         "init_args": {"num_cpus": flower.max_workers or os.cpu_count(), "include_dashboard": False,

@@ -1,6 +1,7 @@
 """Round-level hooks: how callbacks observe the federated loop without copying it.
 
-The order within a round is: ``on_round_start`` -> ``on_client_done`` (per client) ->
+The order within a round is: ``on_round_start`` -> ``on_client_done`` or ``on_client_dropped``
+(per client) ->
 ``on_aggregated`` -> ``on_evaluated`` -> ``log_round`` (every callback adds its keys to the round
 record) -> ``on_round_end`` (writers see the complete record). ``on_run_teardown`` always runs, also
 after a crash, so open files and W&B runs are closed.
@@ -50,6 +51,9 @@ class RoundCallback:
     def on_round_start(self, orchestrator: FederatedOrchestrator, rnd: int, clients: list[int]) -> None: ...
 
     def on_client_done(self, orchestrator: FederatedOrchestrator, rnd: int, update: ClientUpdate) -> None: ...
+
+    def on_client_dropped(self, orchestrator: FederatedOrchestrator, rnd: int, client: int, reason: str) -> None:
+        """A base station failed (raised, timed out, sent nothing) or its update was rejected."""
 
     def on_aggregated(self, orchestrator: FederatedOrchestrator, rnd: int, aggregate: RoundAggregate) -> None: ...
 

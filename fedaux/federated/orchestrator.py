@@ -6,7 +6,10 @@ lives in a :class:`~fedaux.federated.hooks.RoundCallback`, never in the loop.
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,11 +19,35 @@ import numpy as np
 from fedaux.data.samples import FederatedData
 from fedaux.federated.aggregation import TwoTierAggregator, state_nbytes
 from fedaux.federated.client import GlobalEvaluator, cpu_state, derived_seed, train_client
+from fedaux.federated.errors import ClientTimeout, NotEnoughClients
 from fedaux.federated.hooks import ClientUpdate, RoundAggregate, RoundCallback
+from fedaux.federated.validation import update_problem
 from fedaux.model.module import MultiTaskModule
+
+log = logging.getLogger(__name__)
 
 TIER_EDGE = "base_station-edge"  # between base stations and their edge server
 TIER_TOP = "edge-top"  # between edge servers and the top level
+
+
+def _with_timeout(fn: Callable[[], Any], timeout_s: float) -> Any:
+    """Run ``fn`` in a daemon thread; raise :class:`ClientTimeout` if it has not returned in time."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as err:  # re-raised in the caller's thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=work, daemon=True, name="fedaux-client")
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise ClientTimeout(f"no answer within federated.client_timeout_s={timeout_s:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def select_clients(seed: int, rnd: int, num_clients: int, fraction: float) -> list[int]:
@@ -57,11 +84,19 @@ class FederatedOrchestrator:
         gradient_clip_val: float | None = None,
         eval_batch_size: int = 1024,
         callbacks: Sequence[RoundCallback] = (),
+        client_timeout_s: float | None = None,
+        min_clients: int = 1,
+        update_norm_bound: float | None = None,
+        aggregation: str = "fedavg",
+        trim_fraction: float = 0.1,
     ) -> None:
         self.model, self.data = model, data
         self.rounds, self.local_epochs, self.batch_size = rounds, local_epochs, batch_size
         self.fraction, self.seed, self.gradient_clip_val = fraction, seed, gradient_clip_val
         self.target_accuracy = target_accuracy
+        self.client_timeout_s, self.min_clients, self.update_norm_bound = client_timeout_s, min_clients, update_norm_bound
+        self.aggregation, self.trim_fraction = aggregation, trim_fraction
+        self.rejections: dict[int, int] = {}  # base station -> updates dropped or rejected so far
         self.callbacks = list(callbacks)
         self.global_state = cpu_state(model)
         self.evaluator = GlobalEvaluator(model, data.test, eval_batch_size)
@@ -80,40 +115,63 @@ class FederatedOrchestrator:
 
     # ------------------------------------------------------------------ one round
     def fit_client(self, client: int, rnd: int) -> ClientUpdate:
+        """Train one base station. With ``client_timeout_s`` the fit runs in a worker thread on its
+        own copy of the model, so a client that hangs can be abandoned without touching shared state."""
         samples = self.data.clients[client]
-        state, loss, seconds = train_client(
-            self.model,
-            samples,
-            self.global_state,
-            local_epochs=self.local_epochs,
-            batch_size=self.batch_size,
-            seed=derived_seed(self.seed, rnd, client),
-            gradient_clip_val=self.gradient_clip_val,
-            callbacks=self.lightning_callbacks,
-        )
+        model = self.model if self.client_timeout_s is None else copy.deepcopy(self.model)
+
+        def fit():
+            return train_client(
+                model, samples, self.global_state, local_epochs=self.local_epochs, batch_size=self.batch_size,
+                seed=derived_seed(self.seed, rnd, client), gradient_clip_val=self.gradient_clip_val,
+                callbacks=self.lightning_callbacks,
+            )
+
+        self.current_client = client
+        state, loss, seconds = fit() if self.client_timeout_s is None else _with_timeout(fit, self.client_timeout_s)
         edge = int(self.data.partition.edge_of_client[client])
         return ClientUpdate(client, edge, state, len(samples), loss, seconds)
 
     def start_round(self, rnd: int) -> list[int]:
         """Pick the round's base stations, open a fresh aggregator and call ``on_round_start``."""
         clients = select_clients(self.seed, rnd, len(self.data.clients), self.fraction)
-        self._aggregator = TwoTierAggregator(self.data.partition.edge_of_client)
+        self._aggregator = TwoTierAggregator(self.data.partition.edge_of_client, self.aggregation, self.trim_fraction)
         self._received: list[ClientUpdate] = []
+        self._dropped: list[tuple[int, str]] = []
         self._call("on_round_start", rnd, clients)
         return clients
 
     def receive(self, rnd: int, update: ClientUpdate) -> None:
-        """Take one client's update: hooks first, then fold it into the aggregate and drop its state,
-        so a round holds one state per edge server however many base stations there are."""
+        """Take one client's update: validate it, call the hooks, fold it into the aggregate and drop
+        its state, so a round holds one state per edge server however many base stations there are."""
+        problem = update_problem(update.state, self.global_state, self.update_norm_bound)
+        if problem is not None:
+            self.drop(rnd, update.client, f"update rejected: {problem}")
+            return
         update.nbytes = state_nbytes(update.state)
         self._call("on_client_done", rnd, update)
         self._aggregator.add(update.client, update.state, update.num_samples)
         update.state = {}
         self._received.append(update)
 
+    def drop(self, rnd: int, client: int, reason: str) -> None:
+        """Leave a base station out of this round, saying why (logged, counted, passed to the hooks)."""
+        log.warning("round %d: base station %d dropped: %s", rnd, client, reason)
+        self.rejections[client] = self.rejections.get(client, 0) + 1
+        self._dropped.append((client, reason))
+        self._call("on_client_dropped", rnd, client, reason)
+
     def run_round(self, rnd: int) -> dict[str, Any]:
         for client in self.start_round(rnd):
-            self.receive(rnd, self.fit_client(client, rnd))
+            try:
+                update = self.fit_client(client, rnd)
+            except ClientTimeout as err:
+                self.drop(rnd, client, str(err))
+                continue
+            except Exception as err:  # a failing base station must not end the federation
+                self.drop(rnd, client, f"raised {type(err).__name__}: {err}")
+                continue
+            self.receive(rnd, update)
         return self.finish_round(rnd)
 
     def _aggregate(self) -> RoundAggregate:
@@ -130,7 +188,18 @@ class FederatedOrchestrator:
         return RoundAggregate(result.global_state, result.edge_samples, [u.client for u in updates], down, up)
 
     def finish_round(self, rnd: int) -> dict[str, Any]:
-        """Aggregate, evaluate and log a round whose client updates were all received (any engine)."""
+        """Aggregate, evaluate and log a round whose client updates were all received (any engine).
+
+        Raises:
+            NotEnoughClients: fewer than ``min_clients`` valid updates; the global state and the
+                last checkpoint stay as they were after the previous round.
+        """
+        if len(self._received) < self.min_clients:
+            reasons = "; ".join(f"base station {c}: {r}" for c, r in self._dropped) or "none selected"
+            raise NotEnoughClients(
+                f"round {rnd}: {len(self._received)} valid update(s), federated.min_clients={self.min_clients}; "
+                f"stopping after round {self.completed_rounds} (its state is saved). Dropped: {reasons}"
+            )
         aggregate = self._aggregate()
         updates = self._received
         self.global_state = aggregate.global_state
@@ -142,6 +211,9 @@ class FederatedOrchestrator:
             sum(u.train_loss * u.num_samples for u in trained) / samples if samples else float("nan")
         )
         metrics["clients"] = len(updates)
+        metrics["clients/dropped"] = len(self._dropped)
+        if self._dropped:
+            metrics["clients/dropped_reasons"] = "; ".join(f"{c}: {r}" for c, r in self._dropped)
         self._call("on_evaluated", rnd, metrics)
         record: dict[str, Any] = {"round": rnd, **metrics}
         self._call("log_round", rnd, record)

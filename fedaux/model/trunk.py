@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-
 # Normalisation after each convolution. GroupNorm keeps no running statistics, so nothing about a
 # client's data distribution hides in buffers that federated averaging would blend.
 NORMS = {
