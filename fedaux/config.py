@@ -189,7 +189,10 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     base = node.pop("extends", None)
     if base is None:
         return node
-    return OmegaConf.merge(_read_yaml(path.parent / str(base), (*chain, path)), node)
+    try:
+        return OmegaConf.merge(_read_yaml(path.parent / str(base), (*chain, path)), node)
+    except (OmegaConfBaseException, TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: does not fit the file it extends, {base} ({str(err).splitlines()[0]})") from None
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
@@ -233,8 +236,8 @@ def load_config_text(text: str, source: str = "config text") -> DictConfig:
         cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), node)
     except OmegaConfBaseException as err:
         raise _explain(err, OmegaConf.structured(ExperimentConfig), source) from None
-    except Exception as err:
-        raise ConfigError(f"{source}: not valid YAML ({err})") from None
+    except Exception as err:  # YAML syntax or a value that does not fit the schema
+        raise ConfigError(f"{source}: not a valid fedaux config ({err})") from None
     cfg.model.heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
     validate(cfg)
     return cfg
@@ -261,6 +264,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             cfg = OmegaConf.merge(cfg, node)
         except OmegaConfBaseException as err:
             raise _explain(err, schema, source) from None
+        except (TypeError, ValueError) as err:  # e.g. a list given where the schema has a mapping
+            raise ConfigError(f"{source}: a value does not fit the config schema ({err})") from None
     heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
     cfg.model.heads = heads
     validate(cfg)

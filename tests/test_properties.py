@@ -28,7 +28,7 @@ def test_reader_round_trips_any_valid_flow(tmp_path_factory, packets, start):
     gaps[1] = max(gaps[1], 1e-3)  # a flow must last longer than zero
     times = np.cumsum(gaps) - gaps[0]
     path = tmp_path_factory.mktemp("flows") / "flow.txt"
-    path.write_text("".join(f"{start + t:.6f}\t{t!r}\t{p[1]}\t{p[2]}\n" for t, p in zip(times, packets)))
+    path.write_text("".join(f"{start + t:.6f}\t{float(t)!r}\t{p[1]}\t{p[2]}\n" for t, p in zip(times, packets)))
     flow = parse_flow_file(path)
     np.testing.assert_array_equal(flow.times, times)
     np.testing.assert_array_equal(flow.lengths, [p[1] for p in packets])
