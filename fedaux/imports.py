@@ -1,9 +1,25 @@
-"""Resolving ``"package.module:attribute"`` import paths named in config."""
+"""Resolving names in config: registries of named functions, and ``"package.module:attribute"`` paths."""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def registrar(registry: dict[str, T]) -> Callable[[str], Callable[[T], T]]:
+    """A decorator factory: ``@register("name")`` adds the decorated object to ``registry``."""
+
+    def register(name: str) -> Callable[[T], T]:
+        def add(obj: T) -> T:
+            registry[name] = obj
+            return obj
+
+        return add
+
+    return register
 
 
 def import_by_path(spec: str, key: str) -> Any:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedaux.data.flows import FlowCollection
+from fedaux.imports import registrar
 
 IAT_SATURATION_US = 1e7
 ELAPSED_SATURATION_US = 1e9
@@ -32,16 +33,7 @@ MTU_BYTES = 1500.0
 
 PacketFeature = Callable[[FlowCollection], np.ndarray]
 PACKET_FEATURES: dict[str, PacketFeature] = {}
-
-
-def register_feature(name: str) -> Callable[[PacketFeature], PacketFeature]:
-    """Decorator adding a per-packet feature function under ``name``."""
-
-    def add(fn: PacketFeature) -> PacketFeature:
-        PACKET_FEATURES[name] = fn
-        return fn
-
-    return add
+register_feature = registrar(PACKET_FEATURES)  # @register_feature("name") on a new feature function
 
 
 @register_feature("iat")

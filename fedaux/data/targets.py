@@ -18,20 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedaux.data.flows import FlowCollection, FlowView
-from fedaux.imports import import_by_path
+from fedaux.imports import import_by_path, registrar
 
 TargetFn = Callable[[FlowView], float]
 TARGET_FUNCTIONS: dict[str, TargetFn] = {}
-
-
-def register_target(name: str) -> Callable[[TargetFn], TargetFn]:
-    """Decorator adding a target function to the registry under ``name``."""
-
-    def add(fn: TargetFn) -> TargetFn:
-        TARGET_FUNCTIONS[name] = fn
-        return fn
-
-    return add
+register_target = registrar(TARGET_FUNCTIONS)  # @register_target("name") on a new target function
 
 
 @register_target("traffic_class")
