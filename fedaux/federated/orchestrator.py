@@ -97,6 +97,7 @@ class FederatedOrchestrator:
         self.client_timeout_s, self.min_clients, self.update_norm_bound = client_timeout_s, min_clients, update_norm_bound
         self.aggregation, self.trim_fraction = aggregation, trim_fraction
         self.rejections: dict[int, int] = {}  # base station -> updates dropped or rejected so far
+        self.current_client: int | None = None  # the base station training now (in-process engine)
         self.callbacks = list(callbacks)
         self.global_state = cpu_state(model)
         self.evaluator = GlobalEvaluator(model, data.test, eval_batch_size)
