@@ -10,8 +10,6 @@ from fedaux.federated.orchestrator import TIER_EDGE
 from fedaux.train import run
 from tests.conftest import REPO
 
-pytest.importorskip("flwr")
-
 
 def _cfg(tmp_path, engine):
     return load_config(REPO / "conf" / "quic.yaml", [

@@ -20,7 +20,6 @@ from fedaux.config import load_config
 from fedaux.data.samples import build_federated_data
 from tests.conftest import REPO
 
-pytest.importorskip("flwr")
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
