@@ -6,10 +6,10 @@ from typing import Any
 
 from typing_extensions import override
 
-from fedaux.federated.hooks import RoundAggregate, RoundCallback
+from fedaux.federated.hooks import KeepsTotals, RoundAggregate, RoundCallback
 
 
-class CommunicationTracker(RoundCallback):
+class CommunicationTracker(KeepsTotals, RoundCallback):
     """Counts the exact bytes of the state dicts sent down to and up from every client.
 
     Per round it adds ``comm/bytes_down``, ``comm/bytes_up``, ``comm/bytes_total`` and the same per
@@ -38,11 +38,3 @@ class CommunicationTracker(RoundCallback):
         record["comm/cum_bytes_down"] = self._totals["down"]
         record["comm/cum_bytes_up"] = self._totals["up"]
         record["comm/cum_bytes_total"] = self._totals["down"] + self._totals["up"]
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"totals": dict(self._totals)}
-
-    @override
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._totals = dict(state["totals"])

@@ -8,10 +8,10 @@ from typing import Any
 import lightning as L
 from typing_extensions import override
 
-from fedaux.federated.hooks import RoundCallback
+from fedaux.federated.hooks import KeepsTotals, RoundCallback
 
 
-class RoundTimer(L.Callback, RoundCallback):
+class RoundTimer(KeepsTotals, L.Callback, RoundCallback):
     """Times rounds (round hooks) and each client's local fit.
 
     Adds ``time/round_s`` (wall time of the round, training to evaluation), ``time/compute_s``
@@ -73,11 +73,3 @@ class RoundTimer(L.Callback, RoundCallback):
             "time/total_s": self._totals["wall"],
             "time/compute_total_s": self._totals["compute"],
         })
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"totals": dict(self._totals)}
-
-    @override
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._totals = dict(state["totals"])

@@ -29,7 +29,7 @@ from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from fedaux.federated.client import derived_seed, train_client
-from fedaux.federated.hooks import ClientUpdate, RoundCallback
+from fedaux.federated.hooks import ClientUpdate, KeepsTotals, RoundCallback
 from fedaux.federated.orchestrator import FederatedOrchestrator
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 # ---------------------------------------------------------------------------------------- server side
-class FlowerTraffic(RoundCallback):
+class FlowerTraffic(KeepsTotals, RoundCallback):
     """Adds the bytes Flower actually carried between server and base stations to each round record:
     ``comm/flower_bytes_down`` and ``comm/flower_bytes_up`` (serialised records, see :func:`flower_nbytes`)."""
 
@@ -160,12 +160,6 @@ class FlowerTraffic(RoundCallback):
         record["comm/flower_bytes_down"] = self.down
         record["comm/flower_bytes_up"] = self.up
         self.down = self.up = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"totals": dict(self._totals)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._totals = dict(state["totals"])
 
 
 class TwoTierFedAvgStrategy(Strategy):

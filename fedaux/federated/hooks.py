@@ -9,7 +9,7 @@ after a crash, so open files and W&B runs are closed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,7 +29,6 @@ class ClientUpdate:
     train_loss: float
     fit_seconds: float
     nbytes: int = 0  # bytes of ``state`` as sent
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,3 +71,16 @@ class RoundCallback:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class KeepsTotals:
+    """For callbacks whose only resumable state is a ``_totals`` dict (bytes, seconds, ...):
+    ``state_dict`` / ``load_state_dict`` so a resumed run keeps counting from where it stopped."""
+
+    _totals: dict[str, Any]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"totals": dict(self._totals)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._totals = dict(state["totals"])
