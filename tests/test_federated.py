@@ -83,6 +83,13 @@ def test_two_rounds_two_base_stations_two_edge_servers(small_cfg, monkeypatch):
                 torch.testing.assert_close(value, wa * a.state[key] + wb * b.state[key], rtol=1e-6, atol=1e-6)
         loss = (a.train_loss * a.num_samples + b.train_loss * b.num_samples) / (a.num_samples + b.num_samples)
         assert result.history[rnd - 1]["train/global_loss"] == pytest.approx(loss)
+        # The RLW weights the clients used, averaged over the round: main task 1, auxiliaries drawn.
+        record = result.history[rnd - 1]
+        assert record["train/weight/traffic_class"] == 1.0
+        assert 0 < record["train/weight/bandwidth"] < 1 and 0 < record["train/weight/duration"] < 1
+        expected = (a.train_metrics["train/loss/duration"] * a.num_samples
+                    + b.train_metrics["train/loss/duration"] * b.num_samples) / (a.num_samples + b.num_samples)
+        assert record["train/loss/duration"] == pytest.approx(expected)
     final = torch.load(result.run_dir / "model.pt", weights_only=True)
     for key, value in recorder.aggregates[2].global_state.items():
         assert torch.equal(final[key], value)

@@ -73,11 +73,12 @@ def train_client(
     seed: int,
     gradient_clip_val: float | None = None,
     callbacks: Sequence[L.Callback] = (),
-) -> tuple[dict[str, torch.Tensor], float, float]:
+) -> tuple[dict[str, torch.Tensor], dict[str, float], float]:
     """Load ``global_state`` into ``model``, fit it on ``samples`` and return its new state.
 
     Returns:
-        ``(state, mean training loss of the last local epoch, fit seconds)``.
+        ``(state, train metrics, fit seconds)``; the metrics are the module's ``train/*`` epoch
+        means of the last local epoch (``train/loss``, ``train/loss/<task>``, ``train/weight/<task>``).
     """
     model.load_state_dict(global_state)
     torch.manual_seed(seed)  # RLW draws and any dropout repeat exactly for this (round, client)
@@ -86,8 +87,8 @@ def train_client(
         trainer = client_trainer(local_epochs, gradient_clip_val, callbacks)
         trainer.fit(model, ClientDataModule(samples, batch_size=batch_size, seed=seed))
     seconds = time.perf_counter() - start
-    loss = trainer.callback_metrics.get("train/loss")
-    return cpu_state(model), float(loss) if loss is not None else float("nan"), seconds
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    return cpu_state(model), metrics, seconds
 
 
 class GlobalEvaluator:

@@ -137,11 +137,11 @@ def train(msg: Message, context: Context) -> Message:
     model = _model(yaml_text, str(config["target-classes"]))
     rnd = int(config["server-round"])
     fed = cfg.federated
-    state, loss, seconds = train_client(
+    state, train_metrics, seconds = train_client(
         model, samples, from_record(msg.content[ARRAYS]), local_epochs=fed.local_epochs, batch_size=fed.batch_size,
         seed=derived_seed(cfg.seed, rnd, client), gradient_clip_val=fed.gradient_clip_val,
     )
-    metrics = MetricRecord({"client": client, "num-examples": len(samples), "train_loss": loss, "fit_seconds": seconds})
+    metrics = MetricRecord({"client": client, "num-examples": len(samples), "fit_seconds": seconds, **train_metrics})
     return Message(content=RecordDict({ARRAYS: to_record(state), METRICS: metrics}), reply_to=msg)
 
 
@@ -227,7 +227,8 @@ class TwoTierFedAvgStrategy(Strategy):
             updates.append(ClientUpdate(
                 client=client, edge=int(self.orchestrator.data.partition.edge_of_client[client]),
                 state=from_record(reply.content[ARRAYS]), num_samples=int(metrics["num-examples"]),
-                train_loss=float(metrics["train_loss"]), fit_seconds=float(metrics["fit_seconds"]),
+                train_metrics={k: float(v) for k, v in metrics.items() if k.startswith("train/")},
+                fit_seconds=float(metrics["fit_seconds"]),
             ))
         for client in sorted(set(self._selected) - answered):
             self.orchestrator.drop(server_round, client, "no reply within the round's timeout")

@@ -26,9 +26,13 @@ class ClientUpdate:
     edge: int
     state: dict[str, torch.Tensor]
     num_samples: int
-    train_loss: float
+    train_metrics: dict[str, float]  # ``train/*`` epoch means of the client's last local epoch
     fit_seconds: float
     nbytes: int = 0  # bytes of ``state`` as sent
+
+    @property
+    def train_loss(self) -> float:
+        return self.train_metrics.get("train/loss", float("nan"))
 
 
 @dataclass

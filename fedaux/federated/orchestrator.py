@@ -129,9 +129,9 @@ class FederatedOrchestrator:
             )
 
         self.current_client = client
-        state, loss, seconds = fit() if self.client_timeout_s is None else _with_timeout(fit, self.client_timeout_s)
+        state, metrics, seconds = fit() if self.client_timeout_s is None else _with_timeout(fit, self.client_timeout_s)
         edge = int(self.data.partition.edge_of_client[client])
-        return ClientUpdate(client, edge, state, len(samples), loss, seconds)
+        return ClientUpdate(client, edge, state, len(samples), metrics, seconds)
 
     def start_round(self, rnd: int) -> list[int]:
         """Pick the round's base stations, open a fresh aggregator and call ``on_round_start``."""
@@ -211,6 +211,11 @@ class FederatedOrchestrator:
         metrics["train/global_loss"] = (
             sum(u.train_loss * u.num_samples for u in trained) / samples if samples else float("nan")
         )
+        # The clients' per-task losses and loss weights, averaged over the round like the global loss.
+        for key in sorted({k for u in trained for k in u.train_metrics} - {"train/loss"}):
+            present = [u for u in trained if key in u.train_metrics]
+            weight = sum(u.num_samples for u in present)
+            metrics[key] = sum(u.train_metrics[key] * u.num_samples for u in present) / weight
         metrics["clients"] = len(updates)
         metrics["clients/dropped"] = len(self._dropped)
         if self._dropped:
