@@ -99,7 +99,9 @@ def test_superlink_and_two_supernodes_over_tls(tmp_path):
     certs, home = tmp_path / "certs", tmp_path / "flwr-home"
     make_tls_certificates(certs)
     home.mkdir()
-    env = {**os.environ, "FLWR_HOME": str(home)}
+    # The SuperLink and SuperNodes start helpers (flower-superexec, flwr-clientapp) by name: they must
+    # find this environment's scripts on PATH even when the venv is not activated (as under make).
+    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     # Each SuperNode gets only its own flows: the server's partition of the training flows.
     experiment = tmp_path / "experiment.yaml"
