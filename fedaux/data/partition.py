@@ -49,8 +49,6 @@ class Partition:
     def num_clients(self) -> int:
         return len(self.client_flows)
 
-    def clients_of_edge(self, edge: int) -> list[int]:
-        return [int(c) for c in np.flatnonzero(self.edge_of_client == edge)]
 
 
 def partition_flows(

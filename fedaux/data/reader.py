@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -175,10 +175,7 @@ class ReadReport:
     """What reading a raw folder kept and skipped (nothing is skipped silently)."""
 
     flows_read: int = 0
-    skipped: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        self.skipped = [] if self.skipped is None else self.skipped
+    skipped: list[str] = field(default_factory=list)
 
 
 def read_raw_folder(root: str | Path, on_bad_flow: str = "error") -> tuple[FlowCollection, ReadReport]:
