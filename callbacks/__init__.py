@@ -1,13 +1,17 @@
 """Callbacks for fedaux runs: Lightning callbacks plus federated round hooks.
 
-Each logs one thing: metrics files, bytes sent, time, energy, Weights & Biases, progress.
+Each logs one thing: metrics files, bytes sent, time, energy, Weights & Biases, progress,
+checkpoints. This folder is installed as ``fedaux.callbacks``; each callback registers itself in
+:data:`fedaux.federated.hooks.CALLBACKS` under the name ``logging.callbacks`` accepts.
 """
 
-from callbacks.communication import CommunicationTracker
-from callbacks.energy import EnergyTracker
-from callbacks.metrics import MetricsWriter
-from callbacks.progress import RoundProgressBar
-from callbacks.timing import RoundTimer
-from callbacks.wandb_logger import WandbLogger
+from fedaux.callbacks.checkpoint import Checkpointer
+from fedaux.callbacks.communication import CommunicationTracker
+from fedaux.callbacks.energy import EnergyTracker
+from fedaux.callbacks.metrics import MetricsWriter
+from fedaux.callbacks.progress import RoundProgressBar
+from fedaux.callbacks.timing import RoundTimer
+from fedaux.callbacks.wandb_logger import WandbLogger
 
-__all__ = ["CommunicationTracker", "EnergyTracker", "MetricsWriter", "RoundProgressBar", "RoundTimer", "WandbLogger"]
+__all__ = ["Checkpointer", "CommunicationTracker", "EnergyTracker", "MetricsWriter", "RoundProgressBar", "RoundTimer",
+           "WandbLogger"]

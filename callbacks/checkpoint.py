@@ -9,16 +9,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from typing_extensions import override
 
-from fedaux.federated.hooks import RoundCallback
+from fedaux.errors import CheckpointError
+from fedaux.federated.hooks import CALLBACKS, RoundCallback
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "fedaux-checkpoint"
-
-
-def callback_key(index: int, callback: object) -> str:
-    return f"{type(callback).__name__}"
+VERSION = 2  # 2: the orchestrator's state_dict, callbacks under their state_key; 1: flat fields
 
 
 def rng_states() -> dict[str, Any]:
@@ -40,11 +39,12 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+@CALLBACKS.register("checkpoint")
 class Checkpointer(RoundCallback):
-    """Writes ``<run_dir>/checkpoint.pt`` when each round ends: the global state, the round, the
-    metric history, every callback's ``state_dict()`` (bytes, time, ... totals), per-client drop
-    counts and the RNG states. It writes a temporary file and renames it over the old one, so a
-    crash at any moment leaves either the previous checkpoint or the new one, never half of one.
+    """Writes ``<run_dir>/checkpoint.pt`` when each round ends: the orchestrator's ``state_dict()``
+    (round, global state, history, drop counts, every callback's state), the config and the RNG
+    states. It writes a temporary file and renames it over the old one, so a crash at any moment
+    leaves either the previous checkpoint or the new one, never half of one.
 
     Put it last among the callbacks so the totals it saves include the round just logged.
     """
@@ -53,19 +53,14 @@ class Checkpointer(RoundCallback):
         self.path = Path(run_dir) / CHECKPOINT_NAME
         self.config_yaml = config_yaml
 
+    @classmethod
+    def from_config(cls, cfg, run_dir: Path) -> Checkpointer:
+        return cls(run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+
     @override
     def on_round_end(self, orchestrator, rnd: int, record: dict[str, Any]) -> None:
-        payload = {
-            "format": FORMAT,
-            "version": 1,
-            "round": rnd,
-            "config": self.config_yaml,
-            "global_state": orchestrator.global_state,
-            "history": orchestrator.history,
-            "rejections": dict(orchestrator.rejections),
-            "callbacks": {callback_key(i, cb): cb.state_dict() for i, cb in enumerate(orchestrator.callbacks)},
-            "rng": rng_states(),
-        }
+        payload = {"format": FORMAT, "version": VERSION, "round": rnd, "config": self.config_yaml,
+                   "orchestrator": orchestrator.state_dict(), "rng": rng_states()}
         tmp = self.path.with_name(self.path.name + ".tmp")
         torch.save(payload, tmp)
         with open(tmp, "rb") as handle:  # the bytes are on disk before the rename makes them current
@@ -74,28 +69,35 @@ class Checkpointer(RoundCallback):
 
 
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
-    """Read a run folder's checkpoint with ``weights_only`` semantics (no arbitrary objects)."""
+    """Read a run folder's checkpoint with ``weights_only`` semantics (no arbitrary objects).
+
+    Returns ``{"round": completed rounds, "config": yaml text, "orchestrator": state dict, "rng":
+    states, ...}``; a version 1
+    checkpoint (fedaux before step 7) is converted.
+
+    Raises:
+        CheckpointError: no checkpoint, an unreadable one, or not a fedaux checkpoint.
+    """
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from (is {run_dir} a fedaux run folder?)")
+        raise CheckpointError(f"{path}: no checkpoint to resume from (is {run_dir} a fedaux run folder?)")
     try:
         payload = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:
-        raise ValueError(f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a fedaux checkpoint")
+        raise CheckpointError(f"{path}: not a fedaux checkpoint")
+    if payload.get("version") == 1:
+        payload = {**payload, "orchestrator": {
+            "completed_rounds": payload["round"], "global_state": payload["global_state"],
+            "history": payload["history"], "rejections": payload["rejections"], "callbacks": payload["callbacks"]}}
+    elif payload.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {payload.get('version')!r}; this fedaux reads 1 and {VERSION}")
     return payload
 
 
 def restore(orchestrator, payload: dict[str, Any]) -> None:
-    """Put a checkpoint's state back into a freshly built orchestrator and its callbacks."""
-    orchestrator.global_state = payload["global_state"]
-    orchestrator.history = list(payload["history"])
-    orchestrator.completed_rounds = int(payload["round"])
-    orchestrator.rejections = {int(k): int(v) for k, v in payload["rejections"].items()}
-    saved = payload["callbacks"]
-    for i, callback in enumerate(orchestrator.callbacks):
-        key = callback_key(i, callback)
-        if key in saved and saved[key]:
-            callback.load_state_dict(saved[key])
+    """Continue from a checkpoint: one ``load_state_dict`` into a freshly built orchestrator (whose
+    callbacks must all exist by now), then the RNG states."""
+    orchestrator.load_state_dict(payload["orchestrator"])
     restore_rng_states(payload["rng"])

@@ -6,15 +6,16 @@ from typing import Any
 
 from typing_extensions import override
 
-from fedaux.federated.hooks import KeepsTotals, RoundAggregate, RoundCallback
+from fedaux.federated.hooks import CALLBACKS, KeepsTotals, RoundAggregate, RoundCallback, at_target
 
 
+@CALLBACKS.register("communication")
 class CommunicationTracker(KeepsTotals, RoundCallback):
     """Counts the exact bytes of the state dicts sent down to and up from every client.
 
     Per round it adds ``comm/bytes_down``, ``comm/bytes_up``, ``comm/bytes_total`` and the same per
     tier (``comm/bytes_up/base_station-edge``, ``comm/bytes_up/edge-top``, ...), and cumulative
-    ``comm/cum_bytes_down|up|total``. Sizes are the tensors' data bytes, as
+    ``comm/cum_bytes_down|up|total``; to the summary ``total_MB`` and ``MB_to_target``. Sizes are the tensors' data bytes, as
     :func:`fedaux.federated.aggregation.state_nbytes` counts them.
     """
 
@@ -38,3 +39,9 @@ class CommunicationTracker(KeepsTotals, RoundCallback):
         record["comm/cum_bytes_down"] = self._totals["down"]
         record["comm/cum_bytes_up"] = self._totals["up"]
         record["comm/cum_bytes_total"] = self._totals["down"] + self._totals["up"]
+
+    @override
+    def add_to_summary(self, orchestrator, summary: dict[str, Any]) -> None:
+        reached = at_target(orchestrator, summary, "comm/cum_bytes_total")
+        summary["total_MB"] = (self._totals["down"] + self._totals["up"]) * 1e-6
+        summary["MB_to_target"] = None if reached is None else reached * 1e-6

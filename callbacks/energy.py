@@ -8,13 +8,14 @@ from typing import Any
 
 from typing_extensions import override
 
-from fedaux.federated.hooks import RoundCallback
+from fedaux.federated.hooks import CALLBACKS, RoundCallback, at_target
 
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # say each reason once per process, not once per run of a benchmark
 RAPL = Path("/sys/class/powercap/intel-rapl")
 
 
+@CALLBACKS.register("energy")
 class EnergyTracker(RoundCallback):
     """Adds ``energy/kwh`` per round and ``energy/cum_kwh`` (codecarbon's offline tracker).
 
@@ -30,6 +31,10 @@ class EnergyTracker(RoundCallback):
         self._tracker = None
         self._round_kwh: float | None = None
         self._total_kwh = 0.0
+
+    @classmethod
+    def from_config(cls, cfg, run_dir: Path) -> EnergyTracker:
+        return cls(enabled=cfg.logging.energy)
 
     @override
     def on_run_start(self, orchestrator) -> None:
@@ -67,6 +72,13 @@ class EnergyTracker(RoundCallback):
         self._total_kwh += kwh
         record["energy/kwh"] = kwh
         record["energy/cum_kwh"] = self._total_kwh
+
+    @override
+    def add_to_summary(self, orchestrator, summary: dict[str, Any]) -> None:
+        # None, not 0, when nothing was measured: "not measured" must not read as "no energy used".
+        measured = any("energy/cum_kwh" in r for r in orchestrator.history)
+        summary["total_energy_kwh"] = self._total_kwh if measured else None
+        summary["energy_kwh_to_target"] = at_target(orchestrator, summary, "energy/cum_kwh")
 
     @override
     def on_run_teardown(self, orchestrator, failed: bool) -> None:

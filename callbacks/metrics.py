@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from typing_extensions import override
 
-from fedaux.federated.hooks import RoundCallback
+from fedaux.federated.hooks import CALLBACKS, RoundCallback
 
 
 def _jsonable(value: Any) -> Any:
@@ -21,6 +21,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+@CALLBACKS.register("metrics")
 class MetricsWriter(RoundCallback):
     """Writes the run folder.
 
@@ -35,6 +36,10 @@ class MetricsWriter(RoundCallback):
     def __init__(self, run_dir: str | Path, main_task: str = "traffic_class", plots: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.main_task, self.plots = main_task, plots
+
+    @classmethod
+    def from_config(cls, cfg, run_dir: Path) -> MetricsWriter:
+        return cls(run_dir, main_task=cfg.model.main_task, plots=cfg.logging.plots)
 
     @property
     def metrics_path(self) -> Path:

@@ -7,9 +7,10 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from typing_extensions import override
 
-from fedaux.federated.hooks import RoundCallback
+from fedaux.federated.hooks import CALLBACKS, RoundCallback
 
 
+@CALLBACKS.register("progress")
 class RoundProgressBar(RoundCallback):
     """rich progress bar: ``round 7/30  acc 0.812  12.3 MB``."""
 
@@ -17,6 +18,10 @@ class RoundProgressBar(RoundCallback):
         self.main_task = main_task
         self._progress: Progress | None = None
         self._task = None
+
+    @classmethod
+    def from_config(cls, cfg, run_dir) -> RoundProgressBar | None:
+        return cls(cfg.model.main_task) if cfg.logging.progress else None
 
     @override
     def on_run_start(self, orchestrator) -> None:

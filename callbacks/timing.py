@@ -8,9 +8,10 @@ from typing import Any
 import lightning as L
 from typing_extensions import override
 
-from fedaux.federated.hooks import KeepsTotals, RoundCallback
+from fedaux.federated.hooks import CALLBACKS, KeepsTotals, RoundCallback, at_target
 
 
+@CALLBACKS.register("timer")
 class RoundTimer(KeepsTotals, L.Callback, RoundCallback):
     """Times rounds (round hooks) and each client's local fit.
 
@@ -20,7 +21,8 @@ class RoundTimer(KeepsTotals, L.Callback, RoundCallback):
     critical path when clients train in parallel), ``time/eval_s``, and cumulative
     ``time/total_s`` and ``time/compute_total_s``. As a Lightning callback on the in-process
     engine's client Trainers it also adds ``time/train_loop_s``, the part of the fits spent inside
-    Lightning's training loop (the rest is Trainer set-up and teardown).
+    Lightning's training loop (the rest is Trainer set-up and teardown). To the summary it adds
+    ``total_time_s``, ``time_s_to_target``, ``total_compute_s`` and ``compute_s_to_target``.
     """
 
     def __init__(self, clock=time.perf_counter) -> None:
@@ -73,3 +75,10 @@ class RoundTimer(KeepsTotals, L.Callback, RoundCallback):
             "time/total_s": self._totals["wall"],
             "time/compute_total_s": self._totals["compute"],
         })
+
+    @override
+    def add_to_summary(self, orchestrator, summary: dict[str, Any]) -> None:
+        summary["total_time_s"] = self._totals["wall"]
+        summary["time_s_to_target"] = at_target(orchestrator, summary, "time/total_s")
+        summary["total_compute_s"] = self._totals["compute"]
+        summary["compute_s_to_target"] = at_target(orchestrator, summary, "time/compute_total_s")

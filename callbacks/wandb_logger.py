@@ -8,11 +8,13 @@ from typing import Any
 
 from typing_extensions import override
 
-from fedaux.federated.hooks import RoundCallback
+from fedaux.errors import ConfigError
+from fedaux.federated.hooks import CALLBACKS, RoundCallback
 
 WANDB_MODES = ("offline", "online", "disabled")
 
 
+@CALLBACKS.register("wandb")
 class WandbLogger(RoundCallback):
     """Logs every round record to W&B with ``step=round`` and the summary at the end.
 
@@ -27,10 +29,20 @@ class WandbLogger(RoundCallback):
     def __init__(self, save_dir: str | Path, config: dict[str, Any], project: str = "fedaux", mode: str = "offline",
                  name: str | None = None, entity: str | None = None, tags: list[str] | None = None) -> None:
         if mode not in WANDB_MODES:
-            raise ValueError(f"logging.wandb.mode={mode!r} is not valid; choose one of {list(WANDB_MODES)}")
+            raise ConfigError(f"logging.wandb.mode={mode!r} is not valid; choose one of {list(WANDB_MODES)}")
         self.save_dir, self.config, self.project, self.mode = Path(save_dir), config, project, mode
         self.name, self.entity, self.tags = name, entity, list(tags or [])
         self.run = None
+
+    @classmethod
+    def from_config(cls, cfg, run_dir: Path) -> WandbLogger | None:
+        from omegaconf import OmegaConf
+
+        w = cfg.logging.wandb
+        if w.mode == "disabled":
+            return None
+        return cls(run_dir, OmegaConf.to_container(cfg, resolve=True), project=w.project, mode=w.mode,
+                   name=w.name or Path(run_dir).name, entity=w.entity, tags=list(w.tags))
 
     @property
     def run_dir(self) -> Path | None:

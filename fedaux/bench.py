@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from callbacks import CommunicationTracker, EnergyTracker, RoundTimer
+from fedaux.callbacks import CommunicationTracker, EnergyTracker, RoundTimer
 from fedaux.config import ConfigError, load_config
-from fedaux.data.samples import build_federated_data, load_flows
+from fedaux.data.samples import build_federated_data
+from fedaux.data.sources import load_flows
 from fedaux.federated.aggregation import state_nbytes
 from fedaux.federated.hooks import RoundCallback
 from fedaux.train import build_orchestrator

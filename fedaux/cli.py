@@ -1,7 +1,8 @@
 """Command-line entry points. Thin: parse, load config, call one function, print a summary.
 
-Errors a user can cause (bad files, bad config) print one line naming what is wrong and exit 2,
-without a traceback.
+Errors a user can cause (bad files, bad config: every :class:`~fedaux.errors.FedauxError`) print
+one line naming what is wrong and exit 2, without a traceback. Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fedaux.config import ConfigError, load_config
-from fedaux.data.flows import FlowStoreError
-from fedaux.data.reader import FlowFormatError
-from fedaux.federated.errors import NotEnoughClients
+from fedaux.config import load_config
+from fedaux.data.reader import ON_BAD_FLOW
+from fedaux.errors import FedauxError
 
-USER_ERRORS = (ConfigError, FlowFormatError, FlowStoreError, ValueError, FileNotFoundError, NotEnoughClients)
+USER_ERRORS = (FedauxError,)
 
 
 def _guarded(prog: str, fn: Callable[[], int]) -> int:
@@ -40,11 +40,11 @@ def data_main(argv: Sequence[str] | None = None) -> int:
     build = sub.add_parser("build", help="turn a raw folder-per-class tree into one compact flow store")
     build.add_argument("--raw", required=True, help="folder with one sub-folder of *.txt flow files per class")
     build.add_argument("--out", required=True, help="the .npz store to write")
-    build.add_argument("--on-bad-flow", choices=("error", "skip"), default="error")
+    build.add_argument("--on-bad-flow", choices=ON_BAD_FLOW, default="error")
     info = sub.add_parser("info", help="flows, packets and derived-target distributions of a data set")
     info.add_argument("--data", default=None, help="a store file or raw folder (default: the embedded store)")
     info.add_argument("--config", default=None, help="experiment config whose data.targets to show")
-    info.add_argument("--on-bad-flow", choices=("error", "skip"), default="error")
+    info.add_argument("--on-bad-flow", choices=ON_BAD_FLOW, default="error")
     args = parser.parse_args(argv)
     if args.command == "build":
         return _guarded("fedaux-data", lambda: _build(args.raw, args.out, args.on_bad_flow))
@@ -68,11 +68,12 @@ def _build(raw: str, out: str, on_bad_flow: str) -> int:
 
 
 def _info(data: str | None, config: str | None, on_bad_flow: str) -> int:
-    from fedaux.data.samples import load_flows
+    from fedaux.data.sources import load_flows
     from fedaux.data.targets import compute_targets
 
     cfg = load_config(config, [f"data.on_bad_flow={on_bad_flow}"])
-    flows, skipped = load_flows(data if data is not None else cfg.data.root, on_bad_flow)
+    flows, skipped = load_flows(data if data is not None else cfg.data.root, on_bad_flow,
+                                cfg.data.format if data is None else "auto")
     counts = flows.packet_counts()
     print(f"source: {data or cfg.data.root or 'embedded store'} ({flows.provenance or 'no provenance recorded'})")
     print(f"checksum: {flows.checksum()}")

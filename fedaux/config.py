@@ -15,9 +15,9 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fedaux.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config file, key or value is not valid; the message says which and what would be."""
+__all__ = ["ConfigError", "ExperimentConfig", "choices", "config_keys", "load_config", "load_config_text", "validate"]
 
 
 # ---------------------------------------------------------------------------------------- schema
@@ -29,7 +29,7 @@ class TargetConfig:
 
 @dataclass
 class PartitionConfig:
-    scheme: str = "dirichlet"  # iid | dirichlet | shards
+    scheme: str = "dirichlet"  # a PARTITION_SCHEMES name: iid | dirichlet | shards
     alpha: float = 0.5
     shards_per_client: int = 2
 
@@ -37,9 +37,10 @@ class PartitionConfig:
 @dataclass
 class DataConfig:
     root: str | None = None  # None: embedded store; a raw folder or a store file otherwise
+    format: str = "auto"  # auto (detected from the content) or a FLOW_READERS name
     on_bad_flow: str = "error"  # error | skip
     packets: int = 60
-    features: list[str] = field(default_factory=lambda: ["iat", "signed_length", "elapsed"])  # per-packet channels
+    features: list[str] = field(default_factory=lambda: ["iat", "signed_length", "elapsed"])  # PACKET_FEATURES names, one channel each
     subflows_per_flow: int = 32
     min_packets: int = 10
     test_fraction: float = 0.2
@@ -62,7 +63,7 @@ class TrunkConfig:
     kernel_size: int = 3
     dense: list[int] = field(default_factory=lambda: [256, 256])
     dropout: float = 0.0
-    norm: str = "batch"  # none | batch | group, after each convolution
+    norm: str = "batch"  # a NORMS name: none | batch | group, after each convolution
     cls: str | None = None  # import path of another trunk class taking the same arguments
 
 
@@ -70,7 +71,7 @@ class TrunkConfig:
 class HeadConfig:
     target: str = MISSING  # a name in data.targets
     kind: str = "classification"  # classification | regression
-    loss: str | None = None  # cross_entropy | mse | l1 | smooth_l1; default by kind
+    loss: str | None = None  # a LOSSES name: cross_entropy | mse | l1 | smooth_l1; default by kind
     out_features: int | None = None  # inferred from the target when None
     hidden: int = 0  # width of a hidden layer in the head; 0 for a linear head
     cls: str | None = None  # import path of a custom head class
@@ -78,7 +79,7 @@ class HeadConfig:
 
 @dataclass
 class WeightingConfig:
-    name: str = "random"  # random | equal | fixed | uncertainty | dwa
+    name: str = "random"  # a WEIGHTINGS name: random | equal | fixed | uncertainty | dwa
     weights: dict[str, float] = field(default_factory=dict)  # fixed: weight per task
     draw_main: bool = False  # random: draw the main task's weight too
     std: float = 1.0  # random: std of the Gaussian draws
@@ -87,7 +88,7 @@ class WeightingConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adam"  # adam | adamw | sgd
+    name: str = "adam"  # an OPTIMIZERS name: adam | adamw | sgd
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
@@ -115,7 +116,7 @@ class FlowerConfig:
 
 @dataclass
 class FederatedConfig:
-    engine: str = "inprocess"  # inprocess | flower
+    engine: str = "inprocess"  # an ENGINES name: inprocess | flower
     rounds: int = 30
     base_stations: int = 10
     edge_servers: int = 2
@@ -127,7 +128,7 @@ class FederatedConfig:
     client_timeout_s: float | None = None  # drop a base station that has not answered by then
     min_clients: int = 1  # fewer valid updates in a round stops the run (after the last checkpoint)
     update_norm_bound: float | None = None  # reject updates farther than this (L2) from the global state
-    aggregation: str = "fedavg"  # fedavg | median | trimmed_mean (robust rules apply at the edge tier)
+    aggregation: str = "fedavg"  # an AGGREGATION_RULES name: fedavg | median | trimmed_mean (at the edge tier)
     trim_fraction: float = 0.1  # trimmed_mean: share dropped at each end
     flower: FlowerConfig = field(default_factory=FlowerConfig)  # used when engine is flower
 
@@ -147,6 +148,16 @@ class LoggingConfig:
     energy: bool = True
     progress: bool = True
     plots: bool = True
+    callbacks: list[str] = field(default_factory=list)  # extra callbacks: CALLBACKS names or "pkg.mod:Class"
+
+
+@dataclass
+class TrainerConfig:
+    """Passed to every client Trainer and the evaluator (Lightning's flags of the same names)."""
+
+    accelerator: str = "auto"  # auto | cpu | gpu | mps
+    devices: str = "1"  # one device: "1" or an index such as "0," (a base station fits on one device)
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | ...
 
 
 @dataclass
@@ -158,18 +169,40 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
-CHOICES = {
-    "data.on_bad_flow": ("error", "skip"),
-    "data.partition.scheme": ("iid", "dirichlet", "shards"),
-    "model.weighting.name": ("random", "equal", "fixed", "uncertainty", "dwa"),
-    "model.optimizer.name": ("adam", "adamw", "sgd"),
-    "federated.engine": ("inprocess", "flower"),
-    "federated.aggregation": ("fedavg", "median", "trimmed_mean"),
-    "logging.wandb.mode": ("offline", "online", "disabled"),
-}
+def choices() -> dict[str, list[str]]:
+    """Valid values of every key that names an implementation, read from where they are defined
+    (the registries, and the modules owning the other fixed sets). Imported here, not at the top,
+    so reading a config does not load torch until it is validated."""
+    import fedaux.callbacks  # noqa: F401  (registers the built-in callbacks)
+    from fedaux.callbacks.wandb_logger import WANDB_MODES
+    from fedaux.data.features import PACKET_FEATURES
+    from fedaux.data.partition import PARTITION_SCHEMES
+    from fedaux.data.reader import ON_BAD_FLOW
+    from fedaux.data.sources import format_names
+    from fedaux.federated.aggregation import AGGREGATION_RULES
+    from fedaux.federated.client import ACCELERATORS
+    from fedaux.federated.engines import ENGINES
+    from fedaux.model.optimizers import OPTIMIZERS
+    from fedaux.model.trunk import NORMS
+    from fedaux.model.weighting import WEIGHTINGS
+
+    return {
+        "data.format": format_names(),
+        "data.on_bad_flow": list(ON_BAD_FLOW),
+        "data.features": PACKET_FEATURES.names(),
+        "data.partition.scheme": PARTITION_SCHEMES.names(),
+        "model.trunk.norm": NORMS.names(),
+        "model.weighting.name": WEIGHTINGS.names(),
+        "model.optimizer.name": OPTIMIZERS.names(),
+        "federated.engine": ENGINES.names(),
+        "federated.aggregation": AGGREGATION_RULES.names(),
+        "trainer.accelerator": list(ACCELERATORS),
+        "logging.wandb.mode": list(WANDB_MODES),
+    }
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -274,10 +307,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def validate(cfg: DictConfig) -> None:
     """Checks the schema's types cannot express: choices, ranges and cross-references."""
-    for key, choices in CHOICES.items():
+    for key, valid in choices().items():
         value = OmegaConf.select(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
+        for item in (value if OmegaConf.is_list(value) else [value]):
+            if item not in valid:
+                raise ConfigError(f"{key}={item!r} is not valid; choose one of {valid}")
+    if not cfg.data.features:
+        raise ConfigError(f"data.features is empty; choose one or more of {choices()['data.features']}")
     positive = ["data.packets", "data.subflows_per_flow", "federated.rounds", "federated.base_stations",
                 "federated.edge_servers", "federated.local_epochs", "federated.batch_size", "federated.eval_batch_size"]
     for key in positive:
@@ -304,6 +340,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"model.heads.{name}.target={head.target!r} is not a data target; defined: {sorted(cfg.data.targets)}"
             )
+        from fedaux.model.losses import LOSSES
+
+        if head.loss is not None and head.loss not in LOSSES:
+            raise ConfigError(f"model.heads.{name}.loss={head.loss!r} is not valid; choose one of {LOSSES.names()}")
         if head.kind not in ("classification", "regression"):
             raise ConfigError(f"model.heads.{name}.kind={head.kind!r} is not valid; choose 'classification' or 'regression'")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,19 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks import CommunicationTracker, EnergyTracker, MetricsWriter, RoundProgressBar, RoundTimer, WandbLogger
-from callbacks.checkpoint import Checkpointer, load_checkpoint, restore
+from fedaux.callbacks.checkpoint import load_checkpoint, restore
 from fedaux.config import ConfigError, load_config_text
 from fedaux.data.samples import FederatedData, build_federated_data
-from fedaux.federated.hooks import RoundCallback
+from fedaux.federated.client import TrainerOptions
+from fedaux.federated.engines import ENGINES, Engine
+from fedaux.federated.hooks import RoundCallback, build_callback
 from fedaux.federated.orchestrator import FederatedOrchestrator
 from fedaux.model import build_model
+
+# Built-in callbacks every run gets (those disabled by config build to None), in this order:
+# communication and time first (they feed the record), then the writers. The checkpoint comes
+# last, after the engine's and the user's callbacks, so it saves their state for the round too.
+DEFAULT_CALLBACKS = ("communication", "timer", "energy", "metrics", "wandb", "progress")
 
 
 @dataclass
@@ -40,35 +47,41 @@ def new_run_dir(cfg: DictConfig) -> Path:
 
 
 def default_callbacks(cfg: DictConfig, run_dir: Path) -> list[RoundCallback]:
-    """Communication and time first (they feed the record), then the writers, the checkpoint last."""
-    log = cfg.logging
-    callbacks: list[RoundCallback] = [CommunicationTracker(), RoundTimer(), EnergyTracker(enabled=log.energy)]
-    callbacks.append(MetricsWriter(run_dir, main_task=cfg.model.main_task, plots=log.plots))
-    if log.wandb.mode != "disabled":
-        callbacks.append(WandbLogger(run_dir, OmegaConf.to_container(cfg, resolve=True), project=log.wandb.project,
-                                     mode=log.wandb.mode, name=log.wandb.name or run_dir.name,
-                                     entity=log.wandb.entity, tags=list(log.wandb.tags)))
-    if log.progress:
-        callbacks.append(RoundProgressBar(cfg.model.main_task))
-    callbacks.append(Checkpointer(run_dir, OmegaConf.to_yaml(cfg, resolve=True)))
-    return callbacks
+    """The built-in callbacks of :data:`DEFAULT_CALLBACKS` that ``cfg`` enables."""
+    import fedaux.callbacks  # noqa: F401  (registers the built-in callbacks)
+
+    built = [build_callback(name, cfg, run_dir, key="built-in callback") for name in DEFAULT_CALLBACKS]
+    return [callback for callback in built if callback is not None]
+
+
+def run_callbacks(cfg: DictConfig, run_dir: Path, engine: Engine, extra: Sequence[RoundCallback] = ()) -> list[RoundCallback]:
+    """Defaults, the engine's, ``logging.callbacks`` from config, ``extra`` from the caller, checkpoint last."""
+    import fedaux.callbacks  # noqa: F401
+
+    configured = [build_callback(spec, cfg, run_dir, key=f"logging.callbacks[{i}]")
+                  for i, spec in enumerate(cfg.logging.callbacks)]
+    checkpoint = build_callback("checkpoint", cfg, run_dir)
+    return [*default_callbacks(cfg, run_dir), *engine.callbacks(), *(c for c in configured if c is not None),
+            *extra, checkpoint]
 
 
 def build_orchestrator(cfg: DictConfig, data: FederatedData | None = None,
-                       callbacks: list[RoundCallback] | None = None) -> FederatedOrchestrator:
+                       callbacks: Sequence[RoundCallback] = ()) -> FederatedOrchestrator:
     """Data, model and orchestrator for ``cfg``; seeds everything first so runs repeat exactly."""
+    trainer_options = TrainerOptions.from_config(cfg.trainer)
+    trainer_options.check()
     L.seed_everything(cfg.seed, verbose=False)
     fed = cfg.federated
     if data is None:
         data = build_federated_data(cfg.data, fed.base_stations, fed.edge_servers, cfg.seed,
                                     main_target=cfg.model.heads[cfg.model.main_task].target)
-    model = build_model(cfg.model, data.targets, cfg.data.packets, len(cfg.data.features))
+    model = build_model(cfg.model, data.target_classes, cfg.data.packets, len(cfg.data.features))
     return FederatedOrchestrator(
         model, data, rounds=fed.rounds, local_epochs=fed.local_epochs, batch_size=fed.batch_size,
         fraction=fed.fraction, seed=cfg.seed, target_accuracy=cfg.target_accuracy,
-        gradient_clip_val=fed.gradient_clip_val, eval_batch_size=fed.eval_batch_size, callbacks=callbacks or [],
+        gradient_clip_val=fed.gradient_clip_val, eval_batch_size=fed.eval_batch_size, callbacks=callbacks,
         client_timeout_s=fed.client_timeout_s, min_clients=fed.min_clients, update_norm_bound=fed.update_norm_bound,
-        aggregation=fed.aggregation, trim_fraction=fed.trim_fraction,
+        aggregation=fed.aggregation, trim_fraction=fed.trim_fraction, trainer_options=trainer_options,
     )
 
 
@@ -96,13 +109,17 @@ def config_differences(saved: DictConfig, current: DictConfig) -> list[str]:
     return out
 
 
-def run(cfg: DictConfig, data: FederatedData | None = None, drive=None, resume: str | Path | None = None) -> RunResult:
+def run(cfg: DictConfig, *, data: FederatedData | None = None, callbacks: Sequence[RoundCallback] = (),
+        resume: str | Path | None = None, engine: Engine | None = None) -> RunResult:
     """Run one federated experiment and write its run folder; see ``README.md`` for the files.
 
-    ``drive`` runs the rounds (see :meth:`FederatedOrchestrator.run`); by default the engine named
-    by ``federated.engine`` does: the in-process loop, or Flower's simulation engine. ``resume``
-    names a run folder whose checkpoint to continue from; its config must match ``cfg`` except for
-    :data:`RESUMABLE_CHANGES`.
+    Args:
+        data: prebuilt data (benchmarks share one across methods); built from ``cfg.data`` if None.
+        callbacks: round callbacks to add to the built-in ones and ``logging.callbacks``.
+        resume: a run folder whose checkpoint to continue from; its config must match ``cfg``
+            except for :data:`RESUMABLE_CHANGES`.
+        engine: what drives the rounds; by default the :data:`~fedaux.federated.engines.ENGINES`
+            entry named by ``federated.engine``. The Flower deployment passes its grid's engine.
     """
     payload = None
     if resume is not None:
@@ -111,19 +128,16 @@ def run(cfg: DictConfig, data: FederatedData | None = None, drive=None, resume: 
         differences = config_differences(load_config_text(payload["config"], f"{run_dir}/checkpoint.pt"), cfg)
         if differences:
             raise ConfigError(f"{run_dir}: the checkpoint was made with another config: " + "; ".join(differences))
-        _truncate_metrics(run_dir / "metrics.jsonl", int(payload["round"]))
     else:
         run_dir = new_run_dir(cfg)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    orchestrator = build_orchestrator(cfg, data, callbacks=default_callbacks(cfg, run_dir))
+    engine = engine or ENGINES.get(cfg.federated.engine)(cfg)
+    # Every callback exists before the checkpoint is restored, so each one's state resumes.
+    orchestrator = build_orchestrator(cfg, data, callbacks=run_callbacks(cfg, run_dir, engine, callbacks))
     if payload is not None:
         restore(orchestrator, payload)
-    if drive is None and cfg.federated.engine == "flower":
-        from fedaux.federated.flower_engine import run_simulation
-
-        summary = run_simulation(orchestrator, cfg)
-    else:
-        summary = orchestrator.run(drive)
+        _truncate_metrics(run_dir / "metrics.jsonl", orchestrator.completed_rounds)
+    summary = engine.run(orchestrator)
     summary["run_dir"] = str(run_dir)
     summary["dropped_flows"] = len(orchestrator.data.dropped_flows)
     summary["skipped_files"] = len(orchestrator.data.skipped_files)

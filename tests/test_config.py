@@ -13,12 +13,10 @@ CONFIGS = sorted(p for p in (REPO / "conf").glob("*.yaml") if p.name not in ("sw
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_file_loads_and_builds_a_model(path):
-    from fedaux.data.targets import TargetValues
     from fedaux.model import build_model
 
     cfg = load_config(path)
-    targets = {n: TargetValues(n, None, 5, ()) for n in cfg.data.targets}
-    model = build_model(cfg.model, targets, cfg.data.packets)
+    model = build_model(cfg.model, {n: 5 for n in cfg.data.targets}, cfg.data.packets, len(cfg.data.features))
     assert model.main_task == cfg.model.main_task
 
 

@@ -40,15 +40,11 @@ class Recorder(RoundCallback):
         self.events.append(("evaluated", rnd))
 
 
-def test_two_rounds_two_base_stations_two_edge_servers(small_cfg, monkeypatch):
-    import fedaux.train as train
-
+def test_two_rounds_two_base_stations_two_edge_servers(small_cfg):
     recorder = Recorder()
-    original = train.default_callbacks
-    monkeypatch.setattr(train, "default_callbacks", lambda cfg, run_dir: [recorder, *original(cfg, run_dir)])
     small_cfg.federated.rounds = 2
     small_cfg.logging.plots = True
-    result = run(small_cfg)
+    result = run(small_cfg, callbacks=[recorder])
 
     # Hooks fire in order, once per round and client.
     assert recorder.events[:6] == [("start", 1, (0, 1)), ("client", 1, 0), ("client", 1, 1), ("aggregated", 1),
@@ -118,17 +114,13 @@ def test_two_rounds_two_base_stations_two_edge_servers(small_cfg, monkeypatch):
     assert exit_code(records) == 0
 
 
-def test_a_crash_still_finishes_the_wandb_run(small_cfg, monkeypatch):
-    import fedaux.train as train
-
+def test_a_crash_still_finishes_the_wandb_run(small_cfg):
     class Boom(RoundCallback):
         def on_evaluated(self, orchestrator, rnd, metrics):
             raise RuntimeError("evaluation exploded")
 
-    original = train.default_callbacks
-    monkeypatch.setattr(train, "default_callbacks", lambda cfg, run_dir: [*original(cfg, run_dir), Boom()])
     with pytest.raises(RuntimeError, match="evaluation exploded"):
-        run(small_cfg)
+        run(small_cfg, callbacks=[Boom()])
     (run_file,) = (REPO / small_cfg.output_dir).glob("*/wandb/offline-run-*/run-*.wandb")
     assert exit_code(read_finished_run(run_file)) == 1
 

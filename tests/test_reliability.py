@@ -44,11 +44,11 @@ class FaultInjector(L.Callback, RoundCallback):
         self.client, self.mode = client, mode
         self.release = threading.Event()  # lets a hung fit end once the test is over
 
-    def on_run_start(self, orchestrator):
-        self.orchestrator = orchestrator
+    def on_client_start(self, orchestrator, rnd, client):
+        self.current_client = client
 
     def on_train_start(self, trainer, pl_module):
-        if self.orchestrator.current_client != self.client:
+        if self.current_client != self.client:
             return
         if self.mode == "raise":
             raise RuntimeError("radio link lost")
@@ -57,21 +57,17 @@ class FaultInjector(L.Callback, RoundCallback):
             raise RuntimeError("released after the test")
 
     def on_train_end(self, trainer, pl_module):
-        if self.mode == "nan" and self.orchestrator.current_client == self.client:
+        if self.mode == "nan" and self.current_client == self.client:
             with torch.no_grad():
                 next(pl_module.parameters()).fill_(float("nan"))
 
 
 @pytest.mark.parametrize("mode", ["raise", "hang", "nan"])
-def test_one_bad_base_station_of_three_is_dropped_and_the_run_completes(tmp_path, monkeypatch, caplog, mode):
-    import fedaux.train as train
-
+def test_one_bad_base_station_of_three_is_dropped_and_the_run_completes(tmp_path, caplog, mode):
     injector = FaultInjector(client=1, mode=mode)
-    original = train.default_callbacks
-    monkeypatch.setattr(train, "default_callbacks", lambda cfg, run_dir: [injector, *original(cfg, run_dir)])
     extra = ["federated.client_timeout_s=5"] if mode == "hang" else []
     try:
-        result = run(_cfg(tmp_path, *extra))
+        result = run(_cfg(tmp_path, *extra), callbacks=[injector])
     finally:
         injector.release.set()
     assert [r["clients"] for r in result.history] == [2, 2]
@@ -86,9 +82,8 @@ def test_one_bad_base_station_of_three_is_dropped_and_the_run_completes(tmp_path
     assert result.history[0]["comm/bytes_up/base_station-edge"] == 2 * result.history[0]["comm/bytes_up/edge-top"]
 
 
-def test_too_few_clients_stops_with_a_clear_error_after_saving(tmp_path, monkeypatch):
-    import fedaux.train as train
-    from callbacks.checkpoint import load_checkpoint
+def test_too_few_clients_stops_with_a_clear_error_after_saving(tmp_path):
+    from fedaux.callbacks.checkpoint import load_checkpoint
 
     class FailFromRoundTwo(L.Callback, RoundCallback):
         def on_round_start(self, orchestrator, rnd, clients):
@@ -98,11 +93,9 @@ def test_too_few_clients_stops_with_a_clear_error_after_saving(tmp_path, monkeyp
             if self.rnd >= 2:
                 raise RuntimeError("power cut")
 
-    original = train.default_callbacks
-    monkeypatch.setattr(train, "default_callbacks", lambda cfg, run_dir: [FailFromRoundTwo(), *original(cfg, run_dir)])
     with pytest.raises(NotEnoughClients, match=r"round 2: 0 valid update\(s\), federated.min_clients=2; stopping after "
                                                r"round 1 \(its state is saved\). Dropped: base station 0: raised"):
-        run(_cfg(tmp_path, "federated.min_clients=2"))
+        run(_cfg(tmp_path, "federated.min_clients=2"), callbacks=[FailFromRoundTwo()])
     (run_dir,) = tmp_path.glob("fedauxhmtl-*")
     assert load_checkpoint(run_dir)["round"] == 1
 
@@ -167,7 +160,7 @@ def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     run_dir = metrics.parent
-    from callbacks.checkpoint import load_checkpoint
+    from fedaux.callbacks.checkpoint import load_checkpoint
 
     assert load_checkpoint(run_dir)["round"] in (2, 3)
     assert not (run_dir / "summary.json").exists()  # it really died before the end

@@ -25,31 +25,31 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedaux.data.flows import FlowCollection
-from fedaux.imports import registrar
+from fedaux.errors import ConfigError
+from fedaux.registry import Registry
 
 IAT_SATURATION_US = 1e7
 ELAPSED_SATURATION_US = 1e9
 MTU_BYTES = 1500.0
 
 PacketFeature = Callable[[FlowCollection], np.ndarray]
-PACKET_FEATURES: dict[str, PacketFeature] = {}
-register_feature = registrar(PACKET_FEATURES)  # @register_feature("name") on a new feature function
+PACKET_FEATURES: Registry[PacketFeature] = Registry("per-packet feature", "data.features")
 
 
-@register_feature("iat")
+@PACKET_FEATURES.register("iat")
 def inter_arrival(flows: FlowCollection) -> np.ndarray:
     gap = np.log1p(np.maximum(flows.iat_us, 0).astype(np.float64)) / np.log1p(IAT_SATURATION_US)
     gap[flows.offsets[:-1]] = 0.0  # nothing precedes a flow's first packet
     return np.clip(gap, 0.0, 1.0)
 
 
-@register_feature("signed_length")
+@PACKET_FEATURES.register("signed_length")
 def signed_length(flows: FlowCollection) -> np.ndarray:
     sign = np.where(flows.directions == 1, 1.0, -1.0)
     return np.clip(sign * flows.lengths.astype(np.float64) / MTU_BYTES, -1.0, 1.0)
 
 
-@register_feature("elapsed")
+@PACKET_FEATURES.register("elapsed")
 def elapsed(flows: FlowCollection) -> np.ndarray:
     # Cumulative gaps restarted at every flow: subtract each flow's running total at its start.
     gaps = np.maximum(flows.iat_us, 0).astype(np.float64)
@@ -70,8 +70,8 @@ def packet_features(flows: FlowCollection, names: Sequence[str] = DEFAULT_FEATUR
     """
     unknown = [n for n in names if n not in PACKET_FEATURES]
     if unknown or not names:
-        raise ValueError(f"data.features={list(names)}: unknown {unknown}; choose from {sorted(PACKET_FEATURES)}")
-    return np.stack([PACKET_FEATURES[n](flows) for n in names]).astype(np.float32)
+        raise ConfigError(f"data.features={list(names)}: unknown {unknown}; choose from {PACKET_FEATURES.names()}")
+    return np.stack([PACKET_FEATURES.get(n)(flows) for n in names]).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def cut_windows(
         starts.append(flows.offsets[flow] + offsets)
         owners.append(np.full(len(offsets), flow, dtype=np.int64))
     if not starts:
-        return Windows(np.zeros((0, 2, packets), np.float32), np.zeros(0, np.int64), dropped)
+        return Windows(np.zeros((0, features.shape[0], packets), np.float32), np.zeros(0, np.int64), dropped)
     start = np.concatenate(starts)
     owner = np.concatenate(owners)
     index = start[:, None] + np.arange(packets)[None, :]  # (N, packets) packet positions

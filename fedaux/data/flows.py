@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedaux.errors import DataError
+
 if TYPE_CHECKING:
     from fedaux.data.reader import ParsedFlow
 
@@ -29,7 +31,7 @@ EMBEDDED_NAME = "ucdavis_quic_script.npz"
 _ARRAYS = ("offsets", "labels", "iat_us", "lengths", "directions", "unix_start")
 
 
-class FlowStoreError(ValueError):
+class FlowStoreError(DataError):
     """A flow store file is missing, foreign, or corrupted (checksum mismatch)."""
 
 
@@ -166,7 +168,7 @@ class FlowCollection:
         """
         unknown = sorted(set(self.class_names) - set(class_names))
         if unknown:
-            raise ValueError(f"local class folders {unknown} are not in the federation's classes {list(class_names)}")
+            raise DataError(f"local class folders {unknown} are not in the federation's classes {list(class_names)}")
         index = np.array([list(class_names).index(name) for name in self.class_names], dtype=np.int64)
         return FlowCollection(**{**self.__dict__, "class_names": tuple(class_names), "labels": index[self.labels]})
 

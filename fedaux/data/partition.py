@@ -6,12 +6,19 @@ inform both training and testing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-IGNORE_INDEX = -100  # the default ignore_index of torch.nn.CrossEntropyLoss
-PARTITION_SCHEMES = ("iid", "dirichlet", "shards")
+from fedaux.errors import ConfigError
+from fedaux.labels import IGNORE_INDEX
+from fedaux.registry import Registry
+
+# A scheme deals training flows ``(n,)`` with their labels ``(n,)`` to ``clients`` buckets; it reads
+# the options it needs (``alpha``, ``shards_per_client``) from keyword arguments and ignores the rest.
+PartitionScheme = Callable[..., list[np.ndarray]]
+PARTITION_SCHEMES: Registry[PartitionScheme] = Registry("partition scheme", "data.partition.scheme")
 
 
 def split_test_flows(labels: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -21,7 +28,7 @@ def split_test_flows(labels: np.ndarray, test_fraction: float, rng: np.random.Ge
     and the class has two or more flows) to the test set.
     """
     if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"data.test_fraction={test_fraction} must be in [0, 1)")
+        raise ConfigError(f"data.test_fraction={test_fraction} must be in [0, 1)")
     train, test = [], []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
@@ -50,7 +57,6 @@ class Partition:
         return len(self.client_flows)
 
 
-
 def partition_flows(
     flows: np.ndarray,
     labels: np.ndarray,
@@ -63,51 +69,42 @@ def partition_flows(
 ) -> Partition:
     """Deal training ``flows`` (indices, with their class ``labels[flows]``) to base stations.
 
-    Schemes:
-        ``iid``: shuffle and deal round-robin.
-        ``dirichlet``: for each class, draw client proportions from Dirichlet(``alpha``) and deal
-            that class's flows accordingly (small alpha: each client sees few classes).
-        ``shards``: sort flows by class, cut ``base_stations * shards_per_client`` shards and give
-            each client ``shards_per_client`` of them (McMahan et al. 2017).
+    ``scheme`` names an entry of :data:`PARTITION_SCHEMES` (``iid``, ``dirichlet``, ``shards``, or
+    one a plug-in registered).
 
     Every base station gets at least one flow; base stations are grouped into ``edge_servers``
     contiguous blocks of (nearly) equal size.
     """
-    if scheme not in PARTITION_SCHEMES:
-        raise ValueError(f"data.partition.scheme={scheme!r} is not valid; choose one of {list(PARTITION_SCHEMES)}")
+    deal = PARTITION_SCHEMES.get(scheme)
     if base_stations < 1 or not 1 <= edge_servers <= base_stations:
-        raise ValueError(
+        raise ConfigError(
             f"federated.base_stations={base_stations} and federated.edge_servers={edge_servers}: "
             "need at least one base station and 1 <= edge_servers <= base_stations"
         )
     if len(flows) < base_stations:
-        raise ValueError(
+        raise ConfigError(
             f"only {len(flows)} training flows for federated.base_stations={base_stations}; "
             "each base station needs at least one flow"
         )
     flows = np.asarray(flows, dtype=np.int64)
-    if scheme == "iid":
-        order = rng.permutation(flows)
-        buckets = [order[i::base_stations] for i in range(base_stations)]
-    elif scheme == "dirichlet":
-        if alpha <= 0:
-            raise ValueError(f"data.partition.alpha={alpha} must be > 0")
-        buckets = _dirichlet(flows, labels[flows], base_stations, alpha, rng)
-    else:
-        if shards_per_client < 1 or base_stations * shards_per_client > len(flows):
-            raise ValueError(
-                f"data.partition.shards_per_client={shards_per_client}: need 1 <= base_stations * shards_per_client "
-                f"<= {len(flows)} training flows"
-            )
-        order = flows[np.argsort(labels[flows], kind="stable")]
-        shards = np.array_split(order, base_stations * shards_per_client)
-        dealt = rng.permutation(len(shards))
-        buckets = [np.concatenate([shards[s] for s in dealt[i::base_stations]]) for i in range(base_stations)]
+    buckets = deal(flows, labels[flows], base_stations, rng, alpha=alpha, shards_per_client=shards_per_client)
     edge_of_client = (np.arange(base_stations) * edge_servers) // base_stations
     return Partition(tuple(np.sort(b) for b in buckets), edge_of_client.astype(np.int64))
 
 
-def _dirichlet(flows: np.ndarray, flow_labels: np.ndarray, clients: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+@PARTITION_SCHEMES.register("iid")
+def iid(flows: np.ndarray, flow_labels: np.ndarray, clients: int, rng: np.random.Generator, **_) -> list[np.ndarray]:
+    """Shuffle and deal round-robin."""
+    order = rng.permutation(flows)
+    return [order[i::clients] for i in range(clients)]
+
+
+@PARTITION_SCHEMES.register("dirichlet")
+def dirichlet(flows: np.ndarray, flow_labels: np.ndarray, clients: int, rng: np.random.Generator,
+              alpha: float = 0.5, **_) -> list[np.ndarray]:
+    """Per class, client proportions from Dirichlet(``alpha``); small alpha: each client sees few classes."""
+    if alpha <= 0:
+        raise ConfigError(f"data.partition.alpha={alpha} must be > 0")
     buckets: list[list[int]] = [[] for _ in range(clients)]
     for label in np.unique(flow_labels):
         members = rng.permutation(flows[flow_labels == label])
@@ -124,6 +121,22 @@ def _dirichlet(flows: np.ndarray, flow_labels: np.ndarray, clients: int, alpha: 
     return [np.asarray(b, dtype=np.int64) for b in buckets]
 
 
+@PARTITION_SCHEMES.register("shards")
+def shards(flows: np.ndarray, flow_labels: np.ndarray, clients: int, rng: np.random.Generator,
+           shards_per_client: int = 2, **_) -> list[np.ndarray]:
+    """Sort by class, cut ``clients * shards_per_client`` shards, deal ``shards_per_client`` to each
+    client (McMahan et al. 2017)."""
+    if shards_per_client < 1 or clients * shards_per_client > len(flows):
+        raise ConfigError(
+            f"data.partition.shards_per_client={shards_per_client}: need 1 <= base_stations * shards_per_client "
+            f"<= {len(flows)} training flows"
+        )
+    order = flows[np.argsort(flow_labels, kind="stable")]
+    pieces = np.array_split(order, clients * shards_per_client)
+    dealt = rng.permutation(len(pieces))
+    return [np.concatenate([pieces[s] for s in dealt[i::clients]]) for i in range(clients)]
+
+
 def mask_labels(labels: np.ndarray, labeled_fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Keep the main-task label on ``labeled_fraction`` of samples, ``IGNORE_INDEX`` elsewhere.
 
@@ -131,7 +144,7 @@ def mask_labels(labels: np.ndarray, labeled_fraction: float, rng: np.random.Gene
     above zero, so a client with any labels can always compute a main loss.
     """
     if not 0.0 <= labeled_fraction <= 1.0:
-        raise ValueError(f"data.labeled_fraction={labeled_fraction} must be in [0, 1]")
+        raise ConfigError(f"data.labeled_fraction={labeled_fraction} must be in [0, 1]")
     masked = np.full_like(labels, IGNORE_INDEX)
     n_keep = int(round(labeled_fraction * len(labels)))
     if labeled_fraction > 0 and len(labels):

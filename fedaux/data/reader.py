@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from fedaux.data.flows import FlowCollection
+from fedaux.errors import ConfigError, DataError
 
 COLUMNS = ("unix_timestamp", "relative_time_s", "length_bytes", "direction")
+ON_BAD_FLOW = ("error", "skip")  # data.on_bad_flow: stop at a bad flow file, or skip it and report it
 _WHITESPACE = np.array([ord(c) for c in " \t\r\n\v\f"], dtype=np.uint8)
 
 
-class FlowFormatError(ValueError):
+class FlowFormatError(DataError):
     """A raw flow file or folder does not follow the expected format.
 
     The message names the file (and line, where there is one) and what was expected.
@@ -189,8 +191,8 @@ def read_raw_folder(root: str | Path, on_bad_flow: str = "error") -> tuple[FlowC
     Classes are sorted by folder name and flows by their natural name order (``x-2`` before
     ``x-10``) so the result, and its checksum, do not depend on the file system's listing order.
     """
-    if on_bad_flow not in ("error", "skip"):
-        raise ValueError(f"data.on_bad_flow={on_bad_flow!r} is not valid; choose 'error' or 'skip'")
+    if on_bad_flow not in ON_BAD_FLOW:
+        raise ConfigError(f"data.on_bad_flow={on_bad_flow!r} is not valid; choose one of {list(ON_BAD_FLOW)}")
     root = Path(root)
     if not root.is_dir():
         raise FlowFormatError(f"{root}: raw data folder not found; expected a folder with one sub-folder per class")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,8 +11,9 @@ import torch
 from fedaux.data.features import cut_windows, packet_features
 from fedaux.data.flows import FlowCollection
 from fedaux.data.partition import Partition, mask_labels, partition_flows, split_test_flows
-from fedaux.data.reader import read_raw_folder
+from fedaux.data.sources import load_flows
 from fedaux.data.targets import TargetValues, compute_targets
+from fedaux.errors import ConfigError
 
 # Independent random streams, so changing how one step draws never shifts another's draws.
 _STREAM = {"split": 1, "partition": 2, "windows_test": 3, "windows_train": 4, "labels": 5}
@@ -22,20 +22,6 @@ _STREAM = {"split": 1, "partition": 2, "windows_test": 3, "windows_train": 4, "l
 def stream(seed: int, purpose: str, *extra: int) -> np.random.Generator:
     """A NumPy generator for one purpose, derived from the experiment seed."""
     return np.random.default_rng([seed, _STREAM[purpose], *extra])
-
-
-def load_flows(root: str | Path | None, on_bad_flow: str = "error") -> tuple[FlowCollection, list[str]]:
-    """Load flows from ``root``: the embedded store (None), a raw folder, or a store file.
-
-    Returns the flows and the messages of raw files skipped under ``on_bad_flow: skip``.
-    """
-    if root is None or str(root) == "":
-        return FlowCollection.load(None), []
-    path = Path(root)
-    if path.is_dir():
-        flows, report = read_raw_folder(path, on_bad_flow=on_bad_flow)
-        return flows, list(report.skipped)
-    return FlowCollection.load(path), []
 
 
 @dataclass(frozen=True)
@@ -74,6 +60,11 @@ class FederatedData:
     def num_classes(self, target: str) -> int:
         return self.targets[target].num_classes
 
+    @property
+    def target_classes(self) -> dict[str, int]:
+        """Per target, its number of classes (0 for a continuous target): what the model needs."""
+        return {name: t.num_classes for name, t in self.targets.items()}
+
 
 def make_samples(
     flows: FlowCollection,
@@ -109,7 +100,7 @@ def local_client_samples(data_cfg, seed: int, client: int, class_names: Sequence
     and the label mask are drawn from the same random streams as in simulation, keyed by the base
     station's index.
     """
-    flows, _ = load_flows(data_cfg.root, data_cfg.on_bad_flow)
+    flows, _ = load_flows(data_cfg.root, data_cfg.on_bad_flow, data_cfg.format)
     flows = flows.with_class_list(class_names)
     targets = compute_targets({name: dict(spec) for name, spec in data_cfg.targets.items()}, flows)
     samples, _ = make_samples(flows, np.arange(flows.num_flows), targets, data_cfg,
@@ -128,10 +119,10 @@ def build_federated_data(
 
     ``data_cfg`` is the ``data`` section of the experiment config (see ``fedaux.config``).
     """
-    flows, skipped = load_flows(data_cfg.root, data_cfg.on_bad_flow)
+    flows, skipped = load_flows(data_cfg.root, data_cfg.on_bad_flow, data_cfg.format)
     targets = compute_targets({name: dict(spec) for name, spec in data_cfg.targets.items()}, flows)
     if main_target not in targets:
-        raise ValueError(f"main task target {main_target!r} is not in data.targets; defined: {sorted(targets)}")
+        raise ConfigError(f"main task target {main_target!r} is not in data.targets; defined: {sorted(targets)}")
 
     train_flows, test_flows = split_test_flows(flows.labels, data_cfg.test_fraction, stream(seed, "split"))
     part = data_cfg.partition

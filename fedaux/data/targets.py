@@ -18,32 +18,32 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedaux.data.flows import FlowCollection, FlowView
-from fedaux.imports import import_by_path, registrar
+from fedaux.errors import ConfigError, DataError
+from fedaux.registry import Registry
 
 TargetFn = Callable[[FlowView], float]
-TARGET_FUNCTIONS: dict[str, TargetFn] = {}
-register_target = registrar(TARGET_FUNCTIONS)  # @register_target("name") on a new target function
+TARGET_FUNCTIONS: Registry[TargetFn] = Registry("target function", "data.targets.<name>.fn", allow_import_path=True)
 
 
-@register_target("traffic_class")
+@TARGET_FUNCTIONS.register("traffic_class")
 def traffic_class(flow: FlowView) -> float:
     """The service that made the flow: its class folder."""
     return flow.label
 
 
-@register_target("bandwidth")
+@TARGET_FUNCTIONS.register("bandwidth")
 def bandwidth(flow: FlowView) -> float:
     """Mean throughput in bytes per second: total bytes over the flow's duration."""
     return float(flow.lengths.sum()) / _duration(flow)
 
 
-@register_target("duration")
+@TARGET_FUNCTIONS.register("duration")
 def duration(flow: FlowView) -> float:
     """Seconds from the first to the last packet."""
     return _duration(flow)
 
 
-@register_target("upload_fraction")
+@TARGET_FUNCTIONS.register("upload_fraction")
 def upload_fraction(flow: FlowView) -> float:
     """Share of the flow's bytes sent in direction 1."""
     return float(flow.lengths[flow.directions == 1].sum()) / max(float(flow.lengths.sum()), 1.0)
@@ -55,16 +55,12 @@ def _duration(flow: FlowView) -> float:
 
 def resolve_target_fn(spec: str, key: str = "fn") -> TargetFn:
     """A registry name (``"bandwidth"``) or an import path (``"pkg.module:function"``)."""
-    if ":" not in spec:
-        if spec not in TARGET_FUNCTIONS:
-            raise ValueError(
-                f"{key}={spec!r} is not a known target; valid names: {sorted(TARGET_FUNCTIONS)} "
-                "or an import path 'package.module:function'"
-            )
-        return TARGET_FUNCTIONS[spec]
-    fn = import_by_path(spec, key)
+    if ":" not in spec and spec not in TARGET_FUNCTIONS:
+        raise ConfigError(f"{key}={spec!r} is not a known target; valid names: {TARGET_FUNCTIONS.names()} "
+                          "or an import path 'package.module:function'")
+    fn = TARGET_FUNCTIONS.get(spec, key)
     if not callable(fn):
-        raise ValueError(f"{key}={spec!r} is not callable; a target function takes a FlowView and returns a number")
+        raise ConfigError(f"{key}={spec!r} is not callable; a target function takes a FlowView and returns a number")
     return fn
 
 
@@ -94,13 +90,13 @@ def compute_target(name: str, fn_spec: str, bins: Sequence[float] | None, flows:
     raw = np.array([fn(flows.flow(i)) for i in range(flows.num_flows)], dtype=np.float64)
     if not np.isfinite(raw).all():
         bad = flows.flow_names[int(np.flatnonzero(~np.isfinite(raw))[0])]
-        raise ValueError(f"target {name!r} ({fn_spec}) gave a non-finite value for flow {bad!r}")
+        raise DataError(f"target {name!r} ({fn_spec}) gave a non-finite value for flow {bad!r}")
     if fn is traffic_class:
         return TargetValues(name, raw.astype(np.int64), len(flows.class_names), flows.class_names)
     if bins:
         edges = np.asarray(bins, dtype=np.float64)
         if np.any(np.diff(edges) <= 0):
-            raise ValueError(f"data.targets.{name}.bins={list(bins)} must be strictly increasing")
+            raise ConfigError(f"data.targets.{name}.bins={list(bins)} must be strictly increasing")
         labels = [f"<{edges[0]:g}"] + [f"[{a:g},{b:g})" for a, b in zip(edges[:-1], edges[1:])] + [f">={edges[-1]:g}"]
         return TargetValues(name, np.digitize(raw, edges).astype(np.int64), len(edges) + 1, tuple(labels))
     return TargetValues(name, raw.astype(np.float32), 0, ())

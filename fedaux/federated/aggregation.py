@@ -8,12 +8,31 @@ are taken from the client with the most samples.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
+from fedaux.errors import ConfigError
+from fedaux.registry import Registry
+
 State = dict[str, torch.Tensor]
+
+
+class EdgeRule(Protocol):
+    """How an edge server combines its base stations' states: fed one state at a time."""
+
+    weight: float  # the summed weights (samples) of the states added
+
+    def add(self, state: Mapping[str, torch.Tensor], weight: float) -> None: ...
+
+    def result(self) -> State: ...
+
+
+# Rules by name (``federated.aggregation``). An entry is called with the round's options
+# (``trim_fraction=...``) and returns a fresh :class:`EdgeRule`; it ignores options it does not use.
+AGGREGATION_RULES: Registry[Callable[..., EdgeRule]] = Registry("aggregation rule", "federated.aggregation")
 
 
 def state_nbytes(state: Mapping[str, torch.Tensor]) -> int:
@@ -51,15 +70,16 @@ class TwoTierResult:
     edge_samples: dict[int, int]
 
 
+@AGGREGATION_RULES.register("fedavg")
 class StreamingAverage:
-    """A sample-weighted average built one state at a time, holding only running sums.
+    """A sample-weighted average built one state at a time, holding only running sums (FedAvg).
 
     Sums are kept in float64 and divided once at the end, so the result does not depend on
     the order states arrive in beyond float64 rounding. Integer tensors keep the value of the
     heaviest state seen, as :func:`weighted_average` does.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, **_options: Any) -> None:
         self._sums: State = {}
         self._keep: State = {}
         self._dtypes: dict[str, torch.dtype] = {}
@@ -103,7 +123,7 @@ def coordinate_median(states: Sequence[Mapping[str, torch.Tensor]]) -> State:
 def trimmed_mean(states: Sequence[Mapping[str, torch.Tensor]], trim_fraction: float) -> State:
     """Coordinate-wise mean after dropping the ``trim_fraction`` largest and smallest values."""
     if not 0 <= trim_fraction < 0.5:
-        raise ValueError(f"federated.trim_fraction={trim_fraction} must be in [0, 0.5)")
+        raise ConfigError(f"federated.trim_fraction={trim_fraction} must be in [0, 0.5)")
     k = int(trim_fraction * len(states))
     out: State = {}
     for key, first in states[0].items():
@@ -115,11 +135,10 @@ def trimmed_mean(states: Sequence[Mapping[str, torch.Tensor]], trim_fraction: fl
     return out
 
 
-class RobustEdge:
-    """Keeps an edge server's states for a robust rule (median or trimmed mean), which needs them all."""
+class KeepsStates:
+    """Base for robust rules, which need all of an edge server's states at once: it keeps them."""
 
-    def __init__(self, rule: str, trim_fraction: float) -> None:
-        self.rule, self.trim_fraction = rule, trim_fraction
+    def __init__(self, **_options: Any) -> None:
         self.states: list[Mapping[str, torch.Tensor]] = []
         self.weight = 0.0
 
@@ -128,36 +147,54 @@ class RobustEdge:
         self.weight += weight
 
     def result(self) -> State:
-        if self.rule == "median":
-            return coordinate_median(self.states)
+        raise NotImplementedError
+
+
+@AGGREGATION_RULES.register("median")
+class CoordinateMedian(KeepsStates):
+    """Coordinate-wise median of the edge server's states (Yin et al. 2018)."""
+
+    def result(self) -> State:
+        return coordinate_median(self.states)
+
+
+@AGGREGATION_RULES.register("trimmed_mean")
+class TrimmedMean(KeepsStates):
+    """Coordinate-wise mean after dropping the ``trim_fraction`` largest and smallest values."""
+
+    def __init__(self, trim_fraction: float = 0.1, **options: Any) -> None:
+        super().__init__(**options)
+        if not 0 <= trim_fraction < 0.5:
+            raise ConfigError(f"federated.trim_fraction={trim_fraction} must be in [0, 0.5)")
+        self.trim_fraction = trim_fraction
+
+    def result(self) -> State:
         return trimmed_mean(self.states, self.trim_fraction)
-
-
-AGGREGATION_RULES = ("fedavg", "median", "trimmed_mean")
 
 
 class TwoTierAggregator:
     """Two-tier aggregation fed one client state at a time.
 
-    With ``rule="fedavg"`` each edge server keeps a :class:`StreamingAverage` of its base stations,
-    so memory grows with edge servers, not clients. The robust rules (``median``,
-    ``trimmed_mean``) apply at the edge tier, where a faulty base station's update arrives, and
-    must keep that edge's states until the round ends. The top level always averages the edge
-    servers weighted by their samples.
+    ``rule`` names an entry of :data:`AGGREGATION_RULES`, applied at the edge tier, where a
+    faulty base station's update arrives. With ``fedavg`` each edge server keeps a
+    :class:`StreamingAverage` of its base stations, so memory grows with edge servers, not
+    clients; the robust rules (``median``, ``trimmed_mean``) keep that edge's states until the
+    round ends. The top level always averages the edge servers weighted by their samples.
     """
 
     def __init__(self, edge_of_client: Mapping[int, int] | Sequence[int], rule: str = "fedavg",
                  trim_fraction: float = 0.1) -> None:
-        if rule not in AGGREGATION_RULES:
-            raise ValueError(f"federated.aggregation={rule!r} is not valid; choose one of {list(AGGREGATION_RULES)}")
+        self._make_rule = AGGREGATION_RULES.get(rule)
+        self._options = {"trim_fraction": trim_fraction}
+        self._make_rule(**self._options)  # fail on bad options now, not when the first update arrives
         self.edge_of_client = edge_of_client
-        self.rule, self.trim_fraction = rule, trim_fraction
-        self._edges: dict[int, StreamingAverage | RobustEdge] = {}
+        self.rule = rule
+        self._edges: dict[int, EdgeRule] = {}
 
     def add(self, client: int, state: Mapping[str, torch.Tensor], num_samples: int) -> None:
         edge = int(self.edge_of_client[client])
         if edge not in self._edges:
-            self._edges[edge] = StreamingAverage() if self.rule == "fedavg" else RobustEdge(self.rule, self.trim_fraction)
+            self._edges[edge] = self._make_rule(**self._options)
         self._edges[edge].add(state, num_samples)
 
     def result(self) -> TwoTierResult:

@@ -1,9 +1,10 @@
 """Errors of the federated loop (a light module: the CLI imports it without loading torch)."""
 
+from fedaux.errors import NotEnoughClients
+
 
 class ClientTimeout(TimeoutError):
     """A base station did not answer within ``federated.client_timeout_s``."""
 
 
-class NotEnoughClients(RuntimeError):
-    """A round ended with fewer valid updates than ``federated.min_clients``."""
+__all__ = ["ClientTimeout", "NotEnoughClients"]

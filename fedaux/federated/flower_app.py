@@ -14,22 +14,18 @@ import shlex
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedaux.federated.flower_engine import client_app, flower_driver
+from fedaux.federated.flower_engine import FlowerEngine, client_app
 
 server_app = ServerApp()
 
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    from omegaconf import OmegaConf
-
     from fedaux.config import load_config
     from fedaux.train import run
 
     cfg = load_config(str(context.run_config["experiment"]), shlex.split(str(context.run_config.get("overrides", ""))))
-    flower = cfg.federated.flower
-    result = run(cfg, drive=flower_driver(grid, OmegaConf.to_yaml(cfg, resolve=True), flower.torch_threads,
-                                          cfg.federated.client_timeout_s or flower.timeout_s))
+    result = run(cfg, engine=FlowerEngine(cfg, grid=grid))
     print(f"fedaux: run folder {result.run_dir}, final accuracy {result.summary['final_accuracy']:.4f}")
 
 

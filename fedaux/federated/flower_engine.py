@@ -28,7 +28,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
-from fedaux.federated.client import derived_seed, train_client
+from fedaux.federated.client import TrainerOptions, derived_seed, train_client
+from fedaux.federated.engines import Engine
 from fedaux.federated.hooks import ClientUpdate, KeepsTotals, RoundCallback
 from fedaux.federated.orchestrator import FederatedOrchestrator
 
@@ -87,13 +88,10 @@ def _local_samples(yaml_text: str, data_root: str, client: int, class_names: tup
 
 @lru_cache(maxsize=2)
 def _model(yaml_text: str, target_classes_json: str):
-    from fedaux.data.targets import TargetValues
     from fedaux.model import build_model
 
     cfg = _experiment(yaml_text)
-    classes = json.loads(target_classes_json)
-    targets = {name: TargetValues(name, None, n, ()) for name, n in classes.items()}
-    return build_model(cfg.model, targets, cfg.data.packets, len(cfg.data.features))
+    return build_model(cfg.model, json.loads(target_classes_json), cfg.data.packets, len(cfg.data.features))
 
 
 def _client_identity(context: Context, config: ConfigRecord) -> tuple[int, str | None]:
@@ -140,6 +138,7 @@ def train(msg: Message, context: Context) -> Message:
     state, train_metrics, seconds = train_client(
         model, samples, from_record(msg.content[ARRAYS]), local_epochs=fed.local_epochs, batch_size=fed.batch_size,
         seed=derived_seed(cfg.seed, rnd, client), gradient_clip_val=fed.gradient_clip_val,
+        trainer_options=TrainerOptions.from_config(cfg.trainer),
     )
     metrics = MetricRecord({"client": client, "num-examples": len(samples), "fit_seconds": seconds, **train_metrics})
     return Message(content=RecordDict({ARRAYS: to_record(state), METRICS: metrics}), reply_to=msg)
@@ -170,12 +169,15 @@ class TwoTierFedAvgStrategy(Strategy):
             round hooks. Client selection uses the same seeded draw as the in-process engine.
         experiment_yaml: the resolved experiment config sent to every base station.
         traffic: counts what Flower sends; it must also be among the orchestrator's callbacks.
+        first_round: the fedaux round of Flower's round 1 (``completed_rounds + 1`` when resuming):
+            fedaux numbers rounds ``first_round - 1 + server_round`` in its records, seeds and hooks.
     """
 
     def __init__(self, orchestrator: FederatedOrchestrator, experiment_yaml: str, traffic: FlowerTraffic,
-                 torch_threads: int = 0) -> None:
+                 torch_threads: int = 0, first_round: int = 1) -> None:
         self.orchestrator = orchestrator
         self.traffic = traffic
+        self.round_offset = first_round - 1
         data = orchestrator.data
         self.base_config = {
             "experiment": experiment_yaml,
@@ -206,21 +208,23 @@ class TwoTierFedAvgStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         if not self.node_of_client:
             self._identify_nodes(grid)
-        clients = self.orchestrator.start_round(server_round)
+        rnd = self.round_offset + server_round
+        clients = self.orchestrator.start_round(rnd)
         self._selected = list(clients)
-        record = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({**self.base_config, "server-round": server_round})})
+        record = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({**self.base_config, "server-round": rnd})})
         self.traffic.down = flower_nbytes(record) * len(clients)
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.node_of_client[c])
                 for c in clients]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        rnd = self.round_offset + server_round
         updates, answered = [], set()
         client_of_node = {node: client for client, node in self.node_of_client.items()}
         for reply in replies:
             client = client_of_node.get(reply.metadata.src_node_id, -1)
             answered.add(client)
             if reply.has_error():
-                self.orchestrator.drop(server_round, client, f"failed on its node: {reply.error.reason}")
+                self.orchestrator.drop(rnd, client, f"failed on its node: {reply.error.reason}")
                 continue
             self.traffic.up += flower_nbytes(reply.content)
             metrics = reply.content[METRICS]
@@ -231,11 +235,11 @@ class TwoTierFedAvgStrategy(Strategy):
                 fit_seconds=float(metrics["fit_seconds"]),
             ))
         for client in sorted(set(self._selected) - answered):
-            self.orchestrator.drop(server_round, client, "no reply within the round's timeout")
+            self.orchestrator.drop(rnd, client, "no reply within the round's timeout")
         # Replies arrive in any order; fold them in base-station order so both engines sum alike.
         for update in sorted(updates, key=lambda u: u.client):
-            self.orchestrator.receive(server_round, update)
-        record = self.orchestrator.finish_round(server_round)
+            self.orchestrator.receive(rnd, update)
+        record = self.orchestrator.finish_round(rnd)
         main = f"val/acc/{self.orchestrator.model.main_task}"
         return to_record(self.orchestrator.global_state), MetricRecord({"accuracy": float(record[main])})
 
@@ -246,49 +250,70 @@ class TwoTierFedAvgStrategy(Strategy):
         return None
 
 
-def flower_driver(grid: Grid, experiment_yaml: str, torch_threads: int = 0, timeout_s: float = 3600):
-    """A ``drive`` for :meth:`FederatedOrchestrator.run` that lets a Flower strategy run the rounds."""
+def flower_driver(grid: Grid, experiment_yaml: str, traffic: FlowerTraffic, torch_threads: int = 0,
+                  timeout_s: float = 3600):
+    """A ``drive`` for :meth:`FederatedOrchestrator.run` that lets a Flower strategy run the rounds
+    the orchestrator has not completed yet (all of them, or the rest of a resumed run)."""
 
     def drive(orchestrator: FederatedOrchestrator) -> None:
-        traffic = FlowerTraffic()
-        orchestrator.callbacks.append(traffic)
-        strategy = TwoTierFedAvgStrategy(orchestrator, experiment_yaml, traffic, torch_threads)
-        strategy.start(grid, to_record(orchestrator.global_state), num_rounds=orchestrator.rounds, timeout=timeout_s)
+        if traffic not in orchestrator.callbacks:
+            raise ValueError("the FlowerTraffic counter must be among the orchestrator's callbacks (FlowerEngine.callbacks)")
+        remaining = orchestrator.rounds - orchestrator.completed_rounds
+        if remaining <= 0:
+            return
+        strategy = TwoTierFedAvgStrategy(orchestrator, experiment_yaml, traffic, torch_threads,
+                                         first_round=orchestrator.completed_rounds + 1)
+        strategy.start(grid, to_record(orchestrator.global_state), num_rounds=remaining, timeout=timeout_s)
 
     return drive
 
 
-def make_server_app(orchestrator: FederatedOrchestrator, experiment_yaml: str, torch_threads: int = 0,
-                    timeout_s: float = 3600) -> ServerApp:
-    """A ServerApp that runs an already built ``orchestrator`` (simulation, in this process)."""
-    app = ServerApp()
+class FlowerEngine(Engine):
+    """The experiment on Flower: on a deployment's ``grid`` (inside a ServerApp), or, with no grid,
+    on Flower's simulation engine (Ray) on this machine with one SuperNode per base station."""
 
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        orchestrator.run(flower_driver(grid, experiment_yaml, torch_threads, timeout_s))
+    def __init__(self, cfg: DictConfig, grid: Grid | None = None) -> None:
+        self.cfg, self.grid = cfg, grid
+        self.traffic = FlowerTraffic()
+        self.experiment_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        flower = cfg.federated.flower
+        self.timeout_s = cfg.federated.client_timeout_s or flower.timeout_s
 
-    return app
+    def callbacks(self) -> list[RoundCallback]:
+        return [self.traffic]
 
+    def driver(self, grid: Grid):
+        return flower_driver(grid, self.experiment_yaml, self.traffic, self.cfg.federated.flower.torch_threads,
+                             self.timeout_s)
 
-def run_simulation(orchestrator: FederatedOrchestrator, cfg: DictConfig) -> dict[str, Any]:
-    """Run ``orchestrator``'s experiment on Flower's simulation engine (Ray) on this machine."""
-    from flwr.simulation import run_simulation as flower_run_simulation
+    def run(self, orchestrator: FederatedOrchestrator) -> dict[str, Any]:
+        if self.grid is not None:
+            return orchestrator.run(self.driver(self.grid))
+        return self._simulate(orchestrator)
 
-    flower = cfg.federated.flower
-    if not flower.verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
-    server_app = make_server_app(orchestrator, OmegaConf.to_yaml(cfg, resolve=True), flower.torch_threads,
-                                 cfg.federated.client_timeout_s or flower.timeout_s)
-    backend_config = {
-        "client_resources": {"num_cpus": flower.num_cpus, "num_gpus": 0.0},
-        "init_args": {"num_cpus": flower.max_workers or os.cpu_count(), "include_dashboard": False,
-                      "logging_level": "error", "log_to_driver": False},
-    }
-    flower_run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.federated.base_stations,
-                          backend_config=backend_config, verbose_logging=flower.verbose)
-    if orchestrator.summary is None:
-        raise RuntimeError(
-            f"the Flower simulation stopped after {orchestrator.completed_rounds} of {orchestrator.rounds} rounds; "
-            "rerun with federated.flower.verbose=true to see Flower's log"
-        )
-    return orchestrator.summary
+    def _simulate(self, orchestrator: FederatedOrchestrator) -> dict[str, Any]:
+        from flwr.simulation import run_simulation as flower_run_simulation
+
+        flower = self.cfg.federated.flower
+        if not flower.verbose:
+            logging.getLogger("flwr").setLevel(logging.WARNING)
+        server_app = ServerApp()
+
+        @server_app.main()
+        def main(grid: Grid, context: Context) -> None:
+            orchestrator.run(self.driver(grid))
+
+        backend_config = {
+            "client_resources": {"num_cpus": flower.num_cpus, "num_gpus": 0.0},
+            "init_args": {"num_cpus": flower.max_workers or os.cpu_count(), "include_dashboard": False,
+                          "logging_level": "error", "log_to_driver": False},
+        }
+        flower_run_simulation(server_app=server_app, client_app=client_app,
+                              num_supernodes=self.cfg.federated.base_stations,
+                              backend_config=backend_config, verbose_logging=flower.verbose)
+        if orchestrator.summary is None:
+            raise RuntimeError(
+                f"the Flower simulation stopped after {orchestrator.completed_rounds} of {orchestrator.rounds} rounds; "
+                "rerun with federated.flower.verbose=true to see Flower's log"
+            )
+        return orchestrator.summary

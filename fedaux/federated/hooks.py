@@ -1,18 +1,27 @@
 """Round-level hooks: how callbacks observe the federated loop without copying it.
 
-The order within a round is: ``on_round_start`` -> ``on_client_done`` or ``on_client_dropped``
-(per client) ->
-``on_aggregated`` -> ``on_evaluated`` -> ``log_round`` (every callback adds its keys to the round
-record) -> ``on_round_end`` (writers see the complete record). ``on_run_teardown`` always runs, also
-after a crash, so open files and W&B runs are closed.
+A run calls ``on_run_start``, then per round: ``on_round_start`` -> per base station
+``on_client_start`` (the in-process engine, just before the local fit) and ``on_client_done`` or
+``on_client_dropped`` -> ``on_aggregated`` -> ``on_evaluated`` -> ``log_round`` (every callback
+adds its keys to the round record) -> ``on_round_end`` (writers see the complete record). After
+the last round ``add_to_summary`` (every callback adds its totals) and ``on_run_end`` (writers see
+the complete summary). ``on_run_teardown`` always runs, also after a crash, so open files and W&B
+runs are closed.
+
+A callback with state to resume returns it from ``state_dict()``; the orchestrator's own
+``state_dict()`` holds it under the callback's ``state_key`` (as Lightning's ``Callback.state_key``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from fedaux.registry import Registry
 
 if TYPE_CHECKING:
     from fedaux.federated.orchestrator import FederatedOrchestrator
@@ -47,11 +56,27 @@ class RoundAggregate:
 
 
 class RoundCallback:
-    """Base class for round hooks; every hook is optional."""
+    """Base class for round hooks; every hook is optional.
+
+    A subclass may also be a ``lightning.Callback``: the in-process engine then attaches it to
+    every client's Trainer too.
+    """
+
+    @property
+    def state_key(self) -> str:
+        """The key of this callback's state in a checkpoint: the class's qualified name.
+
+        Override it (e.g. adding a constructor argument) when a run holds two stateful callbacks of
+        one class; the orchestrator refuses two with the same key rather than mix their states.
+        """
+        return type(self).__qualname__
 
     def on_run_start(self, orchestrator: FederatedOrchestrator) -> None: ...
 
     def on_round_start(self, orchestrator: FederatedOrchestrator, rnd: int, clients: list[int]) -> None: ...
+
+    def on_client_start(self, orchestrator: FederatedOrchestrator, rnd: int, client: int) -> None:
+        """A base station's local fit is about to start (in-process engine; on Flower it runs remotely)."""
 
     def on_client_done(self, orchestrator: FederatedOrchestrator, rnd: int, update: ClientUpdate) -> None: ...
 
@@ -67,6 +92,9 @@ class RoundCallback:
 
     def on_round_end(self, orchestrator: FederatedOrchestrator, rnd: int, record: dict[str, Any]) -> None: ...
 
+    def add_to_summary(self, orchestrator: FederatedOrchestrator, summary: dict[str, Any]) -> None:
+        """Add this callback's run totals to ``summary`` (see :func:`at_target`)."""
+
     def on_run_end(self, orchestrator: FederatedOrchestrator, summary: dict[str, Any]) -> None: ...
 
     def on_run_teardown(self, orchestrator: FederatedOrchestrator, failed: bool) -> None: ...
@@ -75,6 +103,34 @@ class RoundCallback:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+# Callbacks by name, for ``logging.callbacks`` (which also takes "package.module:Class"). A class with a
+# ``from_config(cfg, run_dir)`` classmethod is built by it (returning None leaves it out); any other
+# is called with no arguments.
+CALLBACKS: Registry[Callable[..., Any]] = Registry("callback", "logging.callbacks", allow_import_path=True)
+
+
+def build_callback(spec: str, cfg: Any, run_dir: Path, key: str = "logging.callbacks") -> RoundCallback | None:
+    """The callback ``spec`` names (a :data:`CALLBACKS` name or an import path), built for this run."""
+    factory = CALLBACKS.get(spec, key)
+    from_config = getattr(factory, "from_config", None)
+    callback = from_config(cfg, run_dir) if from_config is not None else factory()
+    if callback is not None and not isinstance(callback, RoundCallback):
+        from fedaux.errors import ConfigError
+
+        raise ConfigError(f"{key}: {spec!r} built a {type(callback).__name__}, not a fedaux RoundCallback")
+    return callback
+
+
+def at_target(orchestrator: FederatedOrchestrator, summary: dict[str, Any], record_key: str) -> Any:
+    """The value ``record_key`` had in the round that first reached the target accuracy (None if
+    no round did, or that round has no such key): for "MB to target"-style summary figures."""
+    reached = summary.get("rounds_to_target")
+    if reached is None:
+        return None
+    record = next((r for r in orchestrator.history if r["round"] == reached), None)
+    return None if record is None else record.get(record_key)
 
 
 class KeepsTotals:

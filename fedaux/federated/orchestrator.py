@@ -18,7 +18,7 @@ import numpy as np
 
 from fedaux.data.samples import FederatedData
 from fedaux.federated.aggregation import TwoTierAggregator, state_nbytes
-from fedaux.federated.client import GlobalEvaluator, cpu_state, derived_seed, train_client
+from fedaux.federated.client import GlobalEvaluator, TrainerOptions, cpu_state, derived_seed, train_client
 from fedaux.federated.errors import ClientTimeout, NotEnoughClients
 from fedaux.federated.hooks import ClientUpdate, RoundAggregate, RoundCallback
 from fedaux.federated.validation import update_problem
@@ -67,7 +67,11 @@ class FederatedOrchestrator:
             One model object is reused for every client's local fit (its state is reloaded first).
         data: clients' sample sets, their edge servers and the held-out test set.
         callbacks: round hooks; those that are also Lightning callbacks are attached to every
-            client's Trainer.
+            client's Trainer. Their ``state_key`` values must differ where they keep state.
+        trainer_options: accelerator, devices and precision of every client Trainer and the evaluator.
+
+    Its :meth:`state_dict` (completed rounds, global state, history, drop counts and every
+    callback's state) is all a resumed run needs besides the RNG states.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class FederatedOrchestrator:
         update_norm_bound: float | None = None,
         aggregation: str = "fedavg",
         trim_fraction: float = 0.1,
+        trainer_options: TrainerOptions | None = None,
     ) -> None:
         self.model, self.data = model, data
         self.rounds, self.local_epochs, self.batch_size = rounds, local_epochs, batch_size
@@ -96,11 +101,12 @@ class FederatedOrchestrator:
         self.target_accuracy = target_accuracy
         self.client_timeout_s, self.min_clients, self.update_norm_bound = client_timeout_s, min_clients, update_norm_bound
         self.aggregation, self.trim_fraction = aggregation, trim_fraction
+        self.trainer_options = trainer_options or TrainerOptions()
         self.rejections: dict[int, int] = {}  # base station -> updates dropped or rejected so far
-        self.current_client: int | None = None  # the base station training now (in-process engine)
         self.callbacks = list(callbacks)
+        _check_state_keys(self.callbacks)
         self.global_state = cpu_state(model)
-        self.evaluator = GlobalEvaluator(model, data.test, eval_batch_size)
+        self.evaluator = GlobalEvaluator(model, data.test, eval_batch_size, self.trainer_options)
         self.history: list[dict[str, Any]] = []
         self.completed_rounds = 0
         self.summary: dict[str, Any] | None = None
@@ -114,6 +120,32 @@ class FederatedOrchestrator:
     def lightning_callbacks(self) -> list[L.Callback]:
         return [c for c in self.callbacks if isinstance(c, L.Callback)]
 
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run continues from, except RNG states (the checkpoint adds those).
+
+        Keys: ``completed_rounds``, ``global_state``, ``history``, ``rejections`` (drops per base
+        station) and ``callbacks`` (each stateful callback's ``state_dict()`` under its ``state_key``).
+        """
+        return {
+            "completed_rounds": self.completed_rounds,
+            "global_state": self.global_state,
+            "history": list(self.history),
+            "rejections": dict(self.rejections),
+            "callbacks": {cb.state_key: state for cb in self.callbacks if (state := cb.state_dict())},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`; callbacks whose key it lacks keep their fresh state."""
+        self.completed_rounds = int(state["completed_rounds"])
+        self.global_state = {k: v.detach().to("cpu") for k, v in state["global_state"].items()}
+        self.history = list(state["history"])
+        self.rejections = {int(k): int(v) for k, v in state["rejections"].items()}
+        saved = state["callbacks"]
+        for callback in self.callbacks:
+            if saved.get(callback.state_key):
+                callback.load_state_dict(saved[callback.state_key])
+
     # ------------------------------------------------------------------ one round
     def fit_client(self, client: int, rnd: int) -> ClientUpdate:
         """Train one base station. With ``client_timeout_s`` the fit runs in a worker thread on its
@@ -125,10 +157,10 @@ class FederatedOrchestrator:
             return train_client(
                 model, samples, self.global_state, local_epochs=self.local_epochs, batch_size=self.batch_size,
                 seed=derived_seed(self.seed, rnd, client), gradient_clip_val=self.gradient_clip_val,
-                callbacks=self.lightning_callbacks,
+                callbacks=self.lightning_callbacks, trainer_options=self.trainer_options,
             )
 
-        self.current_client = client
+        self._call("on_client_start", rnd, client)
         state, metrics, seconds = fit() if self.client_timeout_s is None else _with_timeout(fit, self.client_timeout_s)
         edge = int(self.data.partition.edge_of_client[client])
         return ClientUpdate(client, edge, state, len(samples), metrics, seconds)
@@ -244,6 +276,7 @@ class FederatedOrchestrator:
             if self.completed_rounds < self.rounds:
                 raise RuntimeError(f"the run stopped after {self.completed_rounds} of {self.rounds} rounds")
             self.summary = summarize(self.history, self.model.main_task, self.target_accuracy)
+            self._call("add_to_summary", self.summary)
             self._call("on_run_end", self.summary)
             failed = False
             return self.summary
@@ -255,17 +288,9 @@ class FederatedOrchestrator:
             self.run_round(rnd)
 
 
-# Cumulative keys the callbacks add to every round record; the summary reads them "to target".
-CUMULATIVE_KEYS = {
-    "MB": ("comm/cum_bytes_total", 1e-6),
-    "time_s": ("time/total_s", 1.0),
-    "compute_s": ("time/compute_total_s", 1.0),
-    "energy_kwh": ("energy/cum_kwh", 1.0),
-}
-
-
 def summarize(history: Sequence[dict[str, Any]], main_task: str, target_accuracy: float) -> dict[str, Any]:
-    """Final and best main accuracy, totals, and rounds / MB / seconds / energy to ``target_accuracy``."""
+    """Final and best main accuracy and rounds to ``target_accuracy``; callbacks add their totals
+    (MB, seconds, energy, ... and their values at the target) in ``add_to_summary``."""
     if not history:
         return {"rounds": 0}
     key = f"val/acc/{main_task}"
@@ -282,9 +307,19 @@ def summarize(history: Sequence[dict[str, Any]], main_task: str, target_accuracy
         "target_accuracy": target_accuracy,
         "rounds_to_target": reached["round"] if reached else None,
     }
-    for name, (record_key, scale) in CUMULATIVE_KEYS.items():
-        last = history[-1].get(record_key)
-        summary[f"total_{name}"] = None if last is None else last * scale
-        at = None if reached is None else reached.get(record_key)
-        summary[f"{name}_to_target"] = None if at is None else at * scale
     return summary
+
+
+def _check_state_keys(callbacks: Sequence[RoundCallback]) -> None:
+    """Two stateful callbacks under one ``state_key`` would overwrite each other's checkpointed state."""
+    seen: dict[str, RoundCallback] = {}
+    for callback in callbacks:
+        if type(callback).state_dict is RoundCallback.state_dict:
+            continue  # keeps no state
+        key = callback.state_key
+        if key in seen:
+            raise ValueError(
+                f"callbacks {seen[key]!r} and {callback!r} share the state_key {key!r}; override state_key "
+                "in one of them so their checkpointed states stay apart"
+            )
+        seen[key] = callback

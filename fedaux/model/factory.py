@@ -1,4 +1,8 @@
-"""Building the multi-task model from the ``model`` config section and the data's targets."""
+"""Building the multi-task model from the ``model`` config section and the tasks' output sizes.
+
+The model knows nothing of flows or data sets: it needs the number of classes of every target its
+heads predict, the window length and the number of per-packet channels.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +11,34 @@ from collections.abc import Mapping
 from omegaconf import OmegaConf
 from torch import nn
 
-from fedaux.data.targets import TargetValues
-from fedaux.imports import import_by_path
+from fedaux.errors import ConfigError
 from fedaux.model.heads import TaskHead
-from fedaux.model.module import DEFAULT_LOSS, MultiTaskModule, TaskSpec
+from fedaux.model.losses import DEFAULT_LOSS
+from fedaux.model.module import MultiTaskModule, TaskSpec
 from fedaux.model.trunk import ConvTrunk
 from fedaux.model.weighting import build_weighting
+from fedaux.registry import import_by_path
 
 
-def task_specs(model_cfg, targets: Mapping[str, TargetValues]) -> dict[str, TaskSpec]:
-    """A :class:`TaskSpec` per configured head, output sizes inferred from the targets."""
+def task_specs(model_cfg, num_classes: Mapping[str, int]) -> dict[str, TaskSpec]:
+    """A :class:`TaskSpec` per configured head, output sizes inferred from ``num_classes``.
+
+    Args:
+        num_classes: per data target, its number of classes (0 for a continuous target).
+    """
     specs = {}
     for name, head in model_cfg.heads.items():
-        if head.target not in targets:
-            raise ValueError(f"model.heads.{name}.target={head.target!r} is not a data target; defined: {sorted(targets)}")
-        target = targets[head.target]
-        if head.kind == "classification" and not target.is_classification:
-            raise ValueError(
+        if head.target not in num_classes:
+            raise ConfigError(
+                f"model.heads.{name}.target={head.target!r} is not a data target; defined: {sorted(num_classes)}"
+            )
+        classes = int(num_classes[head.target])
+        if head.kind == "classification" and classes < 1:
+            raise ConfigError(
                 f"model.heads.{name}: target {head.target!r} is continuous; give it data.targets.{head.target}.bins "
                 "or make the head kind 'regression'"
             )
-        inferred = target.num_classes if head.kind == "classification" else 1
+        inferred = classes if head.kind == "classification" else 1
         specs[name] = TaskSpec(
             name=name,
             target=head.target,
@@ -38,8 +49,17 @@ def task_specs(model_cfg, targets: Mapping[str, TargetValues]) -> dict[str, Task
     return specs
 
 
-def build_model(model_cfg, targets: Mapping[str, TargetValues], packets: int, in_channels: int = 2) -> MultiTaskModule:
-    """Trunk, heads and weighting from config, injected into a :class:`MultiTaskModule`."""
+def build_model(model_cfg, num_classes: Mapping[str, int], packets: int, in_channels: int) -> MultiTaskModule:
+    """Trunk, heads and weighting from config, injected into a :class:`MultiTaskModule`.
+
+    Args:
+        model_cfg: the ``model`` config section.
+        num_classes: per data target, its number of classes (0 for a continuous target).
+        packets: window length.
+        in_channels: ``C``, per-packet features (``len(data.features)``).
+
+    The model maps ``(B, C, packets)`` windows to ``{task: (B, out_features)}``.
+    """
     trunk_cfg = model_cfg.trunk
     trunk_cls = import_by_path(trunk_cfg.cls, "model.trunk.cls") if trunk_cfg.cls else ConvTrunk
     trunk = trunk_cls(
@@ -52,7 +72,7 @@ def build_model(model_cfg, targets: Mapping[str, TargetValues], packets: int, in
         dropout=trunk_cfg.dropout,
         norm=trunk_cfg.norm,
     )
-    specs = task_specs(model_cfg, targets)
+    specs = task_specs(model_cfg, num_classes)
     heads: dict[str, nn.Module] = {}
     for name, head in model_cfg.heads.items():
         head_cls = import_by_path(head.cls, f"model.heads.{name}.cls") if head.cls else TaskHead

@@ -7,36 +7,15 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from fedaux.data.partition import IGNORE_INDEX
+from fedaux.errors import ConfigError
+from fedaux.labels import IGNORE_INDEX
+from fedaux.model.losses import LOSSES
+from fedaux.model.optimizers import build_optimizer
 from fedaux.model.weighting import LossWeighting
-
-
-def _masked_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    # Sum over labelled samples divided by their count (at least 1): a batch with no labels gives
-    # exactly 0 instead of the NaN that a mean over zero elements would give, with no host sync.
-    labelled = (target != IGNORE_INDEX).sum().clamp_min(1)
-    return F.cross_entropy(output, target, ignore_index=IGNORE_INDEX, reduction="sum") / labelled
-
-
-def _regression(loss_fn):
-    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return loss_fn(output.squeeze(-1), target.to(output.dtype))
-
-    return loss
-
-
-LOSSES = {
-    "cross_entropy": _masked_cross_entropy,
-    "mse": _regression(F.mse_loss),
-    "l1": _regression(F.l1_loss),
-    "smooth_l1": _regression(F.smooth_l1_loss),
-}
-DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse"}
 
 
 @dataclass(frozen=True)
@@ -50,24 +29,23 @@ class TaskSpec:
     out_features: int
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"model.heads.{self.name}.loss={self.loss!r} is not valid; choose one of {sorted(LOSSES)}")
+        LOSSES.get(self.loss, f"model.heads.{self.name}.loss")
         if self.kind == "classification" and self.loss != "cross_entropy":
-            raise ValueError(f"model.heads.{self.name}: a classification head needs loss 'cross_entropy', got {self.loss!r}")
+            raise ConfigError(f"model.heads.{self.name}: a classification head needs loss 'cross_entropy', got {self.loss!r}")
 
 
 class MultiTaskModule(L.LightningModule):
     """A shared trunk, one head per task and a loss weighting strategy.
 
     Args:
-        trunk: maps ``(B, 2, packets)`` to ``(B, F)``.
+        trunk: maps ``(B, C, packets)`` to ``(B, F)``.
         heads: one module per task mapping ``(B, F)`` to ``(B, out_features)``.
         tasks: a :class:`TaskSpec` per head, same keys as ``heads``.
         weighting: combines the ``(T,)`` task losses into the total.
         main_task: the task whose accuracy is the headline metric.
-        optimizer: ``{"name": "adam"|"adamw"|"sgd", "lr": ..., "weight_decay": ..., "momentum": ...}``.
+        optimizer: the ``model.optimizer`` section as a dict: ``{"name": <an OPTIMIZERS name>, "lr": ...}``.
 
-    Batches are dicts with ``x`` ``(B, 2, packets)`` and a ``(B,)`` target per task; main-task
+    Batches are dicts with ``x`` ``(B, C, packets)`` and a ``(B,)`` target per task; main-task
     labels may be :data:`IGNORE_INDEX` (unlabelled). Logged keys: ``train/loss``,
     ``train/loss/<task>``, ``train/weight/<task>``, ``val/loss``, ``val/acc/<task>``,
     ``val/f1/<task>`` and, for regression heads, ``val/mae/<task>``.
@@ -86,7 +64,7 @@ class MultiTaskModule(L.LightningModule):
         if set(heads) != set(tasks):
             raise ValueError(f"heads {sorted(heads)} and task specs {sorted(tasks)} must name the same tasks")
         if main_task not in tasks:
-            raise ValueError(f"model.main_task={main_task!r} has no head; heads: {sorted(tasks)}")
+            raise ConfigError(f"model.main_task={main_task!r} has no head; heads: {sorted(tasks)}")
         # The main task first, so index 0 of every loss vector is the main loss.
         order = [main_task] + [t for t in tasks if t != main_task]
         if list(weighting.tasks) != order:
@@ -98,7 +76,7 @@ class MultiTaskModule(L.LightningModule):
         self.heads = nn.ModuleDict({name: heads[name] for name in order})
         self.weighting = weighting
         self.optimizer_cfg = dict(optimizer or {"name": "adam", "lr": 1e-3})
-        self._losses = {name: LOSSES[spec.loss] for name, spec in self.tasks.items()}
+        self._losses = {name: LOSSES.get(spec.loss) for name, spec in self.tasks.items()}
         self._train_sum: torch.Tensor | None = None  # (1 + 2T,) sample-weighted sums this epoch
         self._train_seen = 0
         self.val_metrics = nn.ModuleDict({name: self._metrics(spec) for name, spec in self.tasks.items()})
@@ -114,7 +92,7 @@ class MultiTaskModule(L.LightningModule):
         })
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``(B, 2, packets)`` -> ``{task: (B, out_features)}``."""
+        """``(B, C, packets)`` -> ``{task: (B, out_features)}``."""
         features = self.trunk(x)
         return {name: head(features) for name, head in self.heads.items()}
 
@@ -170,12 +148,4 @@ class MultiTaskModule(L.LightningModule):
         self.on_validation_epoch_end()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        cfg = self.optimizer_cfg
-        name, lr, decay = cfg.get("name", "adam"), cfg.get("lr", 1e-3), cfg.get("weight_decay", 0.0)
-        if name == "adam":
-            return torch.optim.Adam(self.parameters(), lr=lr, weight_decay=decay)
-        if name == "adamw":
-            return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=decay)
-        if name == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=lr, weight_decay=decay, momentum=cfg.get("momentum", 0.9))
-        raise ValueError(f"model.optimizer.name={name!r} is not valid; choose one of ['adam', 'adamw', 'sgd']")
+        return build_optimizer(self.parameters(), self.optimizer_cfg)

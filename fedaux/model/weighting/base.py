@@ -7,6 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from fedaux.errors import ConfigError
+from fedaux.registry import Registry
+
 
 class LossWeighting(nn.Module):
     """Combines per-task losses into one total.
@@ -24,7 +27,7 @@ class LossWeighting(nn.Module):
     def __init__(self, tasks: Sequence[str], main_task: str) -> None:
         super().__init__()
         if main_task not in tasks:
-            raise ValueError(f"main task {main_task!r} is not among the tasks {list(tasks)}")
+            raise ConfigError(f"main task {main_task!r} is not among the tasks {list(tasks)}")
         self.tasks = list(tasks)
         self.main_index = self.tasks.index(main_task)
 
@@ -43,3 +46,8 @@ class LossWeighting(nn.Module):
 
     def on_epoch_end(self) -> None:
         """Called at the end of each training epoch; strategies with loss history use it."""
+
+
+# Every strategy module in this package registers its class here with ``@WEIGHTINGS.register(name)``;
+# the package imports each of its modules, so a new strategy is one file.
+WEIGHTINGS: Registry[type[LossWeighting]] = Registry("loss weighting", "model.weighting.name")

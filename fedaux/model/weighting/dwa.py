@@ -7,9 +7,11 @@ from collections.abc import Sequence
 
 import torch
 
-from fedaux.model.weighting.base import LossWeighting
+from fedaux.errors import ConfigError
+from fedaux.model.weighting.base import WEIGHTINGS, LossWeighting
 
 
+@WEIGHTINGS.register("dwa")
 class DynamicWeightAverage(LossWeighting):
     """``w_i = T * softmax(r_i / temperature)`` with ``r_i = L_i(e-1) / L_i(e-2)``, from epoch means.
 
@@ -20,7 +22,7 @@ class DynamicWeightAverage(LossWeighting):
     def __init__(self, tasks: Sequence[str], main_task: str, temperature: float = 2.0) -> None:
         super().__init__(tasks, main_task)
         if temperature <= 0:
-            raise ValueError(f"model.weighting.temperature={temperature} must be > 0")
+            raise ConfigError(f"model.weighting.temperature={temperature} must be > 0")
         self.temperature = temperature
         n = len(self.tasks)
         self.register_buffer("_epoch_sum", torch.zeros(n), persistent=False)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from fedaux.model.weighting.base import LossWeighting
+from fedaux.model.weighting.base import WEIGHTINGS, LossWeighting
 
 
+@WEIGHTINGS.register("equal")
 class EqualWeighting(LossWeighting):
     """Every task has weight 1."""
 

@@ -6,9 +6,11 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from fedaux.model.weighting.base import LossWeighting
+from fedaux.errors import ConfigError
+from fedaux.model.weighting.base import WEIGHTINGS, LossWeighting
 
 
+@WEIGHTINGS.register("fixed")
 class FixedWeighting(LossWeighting):
     """Weights from config (``model.weighting.weights``), one per task, all given explicitly."""
 
@@ -16,12 +18,12 @@ class FixedWeighting(LossWeighting):
         super().__init__(tasks, main_task)
         missing, unknown = set(self.tasks) - set(weights), set(weights) - set(self.tasks)
         if missing or unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"model.weighting.weights must give exactly the tasks {self.tasks}; "
                 f"missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
         if any(w < 0 for w in weights.values()):
-            raise ValueError(f"model.weighting.weights={dict(weights)} must be non-negative")
+            raise ConfigError(f"model.weighting.weights={dict(weights)} must be non-negative")
         self.register_buffer("_weights", torch.tensor([float(weights[t]) for t in self.tasks]), persistent=False)
 
     @classmethod

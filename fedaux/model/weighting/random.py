@@ -7,9 +7,11 @@ from collections.abc import Sequence
 
 import torch
 
-from fedaux.model.weighting.base import LossWeighting
+from fedaux.errors import ConfigError
+from fedaux.model.weighting.base import WEIGHTINGS, LossWeighting
 
 
+@WEIGHTINGS.register("random")
 class RandomWeighting(LossWeighting):
     """Every step, weights = softmax of Gaussian draws.
 
@@ -27,7 +29,7 @@ class RandomWeighting(LossWeighting):
     def __init__(self, tasks: Sequence[str], main_task: str, std: float = 1.0, draw_main: bool = False) -> None:
         super().__init__(tasks, main_task)
         if std <= 0:
-            raise ValueError(f"model.weighting.std={std} must be > 0")
+            raise ConfigError(f"model.weighting.std={std} must be > 0")
         self.std, self.draw_main = std, draw_main
         drawn = [i for i in range(len(self.tasks)) if draw_main or i != self.main_index]
         self.register_buffer("_drawn", torch.tensor(drawn, dtype=torch.long), persistent=False)

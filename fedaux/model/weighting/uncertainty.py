@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fedaux.model.weighting.base import LossWeighting
+from fedaux.model.weighting.base import WEIGHTINGS, LossWeighting
 
 
+@WEIGHTINGS.register("uncertainty")
 class UncertaintyWeighting(LossWeighting):
     """Learned log-variances ``s``: total = sum(exp(-s_i) * L_i + s_i).
 

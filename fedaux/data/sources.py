@@ -1,0 +1,111 @@
+"""Flow sources: one reader per source format, in a registry, chosen from the content.
+
+``data.root`` names a source: a folder or a file. With ``data.format: auto`` (the default) each
+registered reader's ``detect`` looks at the content (magic bytes, folder layout), never at the file
+name, and the first that recognises it reads it; ``data.format: <name>`` forces one reader. A new
+format is one module that registers a :class:`FlowReader`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedaux.data.flows import FlowCollection
+from fedaux.data.reader import read_raw_folder
+from fedaux.errors import DataError
+from fedaux.registry import Registry
+
+AUTO = "auto"
+ZIP_MAGIC = b"PK\x03\x04"  # an .npz store is a zip archive
+
+
+@dataclass(frozen=True)
+class FlowReader:
+    """How to recognise and read one source format.
+
+    Attributes:
+        description: the format in words, for messages and ``fedaux-data info``.
+        detect: ``path -> bool``, from the content; must be cheap and never raise.
+        read: ``(path, on_bad_flow) -> (flows, messages of bad flows skipped)``.
+    """
+
+    description: str
+    detect: Callable[[Path], bool]
+    read: Callable[[Path, str], tuple[FlowCollection, list[str]]]
+
+
+FLOW_READERS: Registry[FlowReader] = Registry("flow source format", "data.format")
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
+def _read_store(path: Path, on_bad_flow: str) -> tuple[FlowCollection, list[str]]:
+    return FlowCollection.load(path), []
+
+
+def _read_text_folder(path: Path, on_bad_flow: str) -> tuple[FlowCollection, list[str]]:
+    flows, report = read_raw_folder(path, on_bad_flow=on_bad_flow)
+    return flows, list(report.skipped)
+
+
+FLOW_READERS.register("store")(FlowReader(
+    "a fedaux flow store (.npz written by 'fedaux-data build')",
+    detect=lambda path: path.is_file() and _starts_with(path, ZIP_MAGIC),
+    read=_read_store,
+))
+FLOW_READERS.register("ucdavis_text")(FlowReader(
+    "a folder with one sub-folder per class of UC Davis QUIC text flows (*.txt)",
+    detect=lambda path: path.is_dir() and any(path.glob("*/*.txt")),
+    read=_read_text_folder,
+))
+
+
+def format_names() -> list[str]:
+    """Valid values of ``data.format``."""
+    return [AUTO, *FLOW_READERS.names()]
+
+
+def detect_format(path: Path) -> str:
+    """The name of the first registered reader that recognises ``path``'s content.
+
+    Raises:
+        DataError: nothing is at ``path``, or no reader recognises it (the message lists the formats).
+    """
+    if not path.exists():
+        raise DataError(f"{path}: data.root not found; give a folder or file in one of the formats {FLOW_READERS.names()}")
+    for name, reader in FLOW_READERS.items():
+        if reader.detect(path):
+            return name
+    known = "; ".join(f"{name}: {reader.description}" for name, reader in FLOW_READERS.items())
+    seen = "a folder" if path.is_dir() else f"a file starting with bytes {_head(path).hex(' ') or '(none: it is empty)'}"
+    raise DataError(f"{path}: not a readable fedaux flow store or other recognised flow source ({seen}); "
+                    f"set data.format to force a reader. Formats: {known}")
+
+
+def _head(path: Path, size: int = 8) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size)
+    except OSError:
+        return b""
+
+
+def load_flows(root: str | Path | None, on_bad_flow: str = "error", format: str = AUTO) -> tuple[FlowCollection, list[str]]:
+    """Flows from ``root`` (the embedded store when None or empty), read by the reader ``format``
+    names or, with ``auto``, the one that recognises the content.
+
+    Returns the flows and the messages of bad flows skipped under ``on_bad_flow: skip``.
+    """
+    if root is None or str(root) == "":
+        return FlowCollection.load(None), []
+    path = Path(root)
+    name = detect_format(path) if format == AUTO else format
+    return FLOW_READERS.get(name).read(path, on_bad_flow)
