@@ -30,7 +30,7 @@ VARIANTS = {
 def fit_and_score(cfg, epochs: int) -> float:
     L.seed_everything(cfg.seed, verbose=False)
     data = build_federated_data(cfg.data, base_stations=1, edge_servers=1, seed=cfg.seed)
-    model = build_model(cfg.model, data.targets, cfg.data.packets, len(cfg.data.features))
+    model = build_model(cfg.model, data.target_classes, cfg.data.packets, len(cfg.data.features))
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, gradient_clip_val=cfg.federated.gradient_clip_val,
                         num_sanity_val_steps=0)

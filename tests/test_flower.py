@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -11,23 +13,33 @@ from fedaux.train import run
 from tests.conftest import REPO
 
 
-def _cfg(tmp_path, engine):
+def _cfg(tmp_path, engine, rounds=3, folder=None):
     return load_config(REPO / "conf" / "quic.yaml", [
-        f"output_dir={tmp_path / engine}", f"federated.engine={engine}", "federated.rounds=3",
+        f"output_dir={tmp_path / (folder or engine)}", f"federated.engine={engine}", f"federated.rounds={rounds}",
         "federated.base_stations=3", "federated.edge_servers=2", "data.subflows_per_flow=4",
         "logging.progress=false", "logging.energy=false", "logging.plots=false", "logging.wandb.mode=disabled",
         "federated.flower.torch_threads=1",
     ])
 
 
-def test_flower_simulation_matches_the_in_process_engine(tmp_path):
+@pytest.fixture(scope="module")
+def flower_three_rounds(tmp_path_factory):
+    """An uninterrupted 3-round run on Flower's simulation engine (shared: each start costs Ray's).
+
+    Its folder name has the length of the resumed run's, so the config text each message carries,
+    and with it the bytes Flower counts, is the same size."""
+    tmp_path = tmp_path_factory.mktemp("flower")
+    return tmp_path, run(_cfg(tmp_path, "flower", folder="whole"))
+
+
+def test_flower_simulation_matches_the_in_process_engine(flower_three_rounds):
+    tmp_path, flower = flower_three_rounds
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the simulated clients train with one thread; so does the reference
     try:
         reference = run(_cfg(tmp_path, "inprocess"))
     finally:
         torch.set_num_threads(threads)
-    flower = run(_cfg(tmp_path, "flower"))
 
     assert [r["round"] for r in flower.history] == [1, 2, 3]
     for key, value in reference.orchestrator.global_state.items():
@@ -51,3 +63,32 @@ def test_flower_simulation_matches_the_in_process_engine(tmp_path):
         assert ours_up < record["comm/flower_bytes_up"] <= 1.03 * ours_up
         assert ours_down < record["comm/flower_bytes_down"] <= 1.03 * ours_down
     assert (flower.run_dir / "metrics.jsonl").exists() and (flower.run_dir / "summary.json").exists()
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_resumed_flower_run_equals_an_uninterrupted_one(flower_three_rounds):
+    tmp_path, whole = flower_three_rounds
+    first = run(_cfg(tmp_path, "flower", rounds=2, folder="split"))
+    assert [r["round"] for r in _records(first.run_dir)] == [1, 2]
+    resumed = run(_cfg(tmp_path, "flower", rounds=3, folder="split"), resume=first.run_dir)
+
+    records = _records(resumed.run_dir)
+    assert [r["round"] for r in records] == [1, 2, 3]
+    for key, value in whole.orchestrator.global_state.items():
+        other = resumed.orchestrator.global_state[key]
+        if value.is_floating_point():
+            assert (value - other).abs().max().item() <= 1e-4, key
+        else:
+            assert torch.equal(value, other), key
+    for ours, theirs in zip(_records(whole.run_dir), records):
+        assert theirs["val/acc/traffic_class"] == pytest.approx(ours["val/acc/traffic_class"], abs=1e-6)
+        for key in ("comm/cum_bytes_total", "comm/flower_bytes_down", "comm/flower_bytes_up"):
+            assert theirs[key] == ours[key], key
+    # Flower's byte counter resumed its totals instead of starting again at zero.
+    traffic = {name: run.orchestrator.state_dict()["callbacks"]["FlowerTraffic"]["totals"] for name, run
+               in (("whole", whole), ("resumed", resumed))}
+    assert traffic["resumed"] == traffic["whole"] and traffic["whole"]["up"] > 0
+    assert resumed.summary["total_MB"] == whole.summary["total_MB"]

@@ -24,7 +24,7 @@ class ConvTrunk(nn.Module):
     """Blocks of ``convs_per_block`` x (Conv1d + ReLU) then MaxPool1d(2), flattened into dense layers.
 
     With the defaults (32/64/128 channels, 2 convs of kernel 3 per block, dense 256-256), 3 input
-    channels and 60-packet windows it has 0.40 M parameters.
+    channels and 60-packet windows it has 0.39 M parameters.
 
     Args:
         in_channels: ``C``, features per packet (one per ``data.features`` entry; 3 by default).
@@ -39,7 +39,7 @@ class ConvTrunk(nn.Module):
         >>> trunk(torch.zeros(4, 3, 60)).shape
         torch.Size([4, 256])
         >>> sum(p.numel() for p in trunk.parameters())
-        404896
+        391392
     """
 
     def __init__(
