@@ -6,10 +6,10 @@ import doctest
 import importlib
 import pkgutil
 
+import fedaux.callbacks
 import pytest
 
 import fedaux
-import fedaux.callbacks
 
 
 def _modules() -> list[str]:

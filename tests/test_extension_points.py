@@ -26,6 +26,7 @@ def _cfg(tmp_path, *extra):
 
 def test_config_validation_reads_its_valid_names_from_the_registries():
     import fedaux.callbacks  # noqa: F401
+
     from fedaux.data.features import PACKET_FEATURES
     from fedaux.data.partition import PARTITION_SCHEMES
     from fedaux.data.sources import FLOW_READERS
