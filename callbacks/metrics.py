@@ -25,6 +25,8 @@ def _jsonable(value: Any) -> Any:
 class MetricsWriter(RoundCallback):
     """Writes the run folder.
 
+    * ``data.json``: what the model expects of data (class names per target, features, window
+      length, the packet-length quantity: frame, ip or payload) and the data's checksum;
     * ``metrics.jsonl``: one JSON object per round, flushed as each round ends, holding every key
       the callbacks added (``round``, ``val/acc/<task>``, ``val/f1/<task>``, ``train/global_loss``,
       ``comm/...``, ``time/...``);
@@ -48,6 +50,11 @@ class MetricsWriter(RoundCallback):
     @override
     def on_run_start(self, orchestrator) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "data.json").write_text(json.dumps(orchestrator.data.describe(), indent=2))
+
+    @override
+    def add_to_summary(self, orchestrator, summary: dict[str, Any]) -> None:
+        summary["packet_length"] = orchestrator.data.flows.packet_length
 
     @override
     def on_round_end(self, orchestrator, rnd: int, record: dict[str, Any]) -> None:

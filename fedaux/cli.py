@@ -37,47 +37,57 @@ def data_main(argv: Sequence[str] | None = None) -> int:
     """``fedaux-data build|info``: build a flow store from a raw folder, or describe one."""
     parser = argparse.ArgumentParser(prog="fedaux-data", description=data_main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="turn a raw folder-per-class tree into one compact flow store")
-    build.add_argument("--raw", required=True, help="folder with one sub-folder of *.txt flow files per class")
+    build = sub.add_parser("build", help="turn any flow source (text flows, captures, JSON flows) into one compact store")
+    build.add_argument("--raw", required=True, help="a flow source: a folder per class of *.txt flows or of captures, "
+                                                    "a pcap/pcapng file, CertTA JSON flows")
     build.add_argument("--out", required=True, help="the .npz store to write")
     build.add_argument("--on-bad-flow", choices=ON_BAD_FLOW, default="error")
+    build.add_argument("--format", default="auto", help="force a reader (default: detected from the content)")
+    build.add_argument("--config", default=None, help="experiment config whose data.capture options to use")
+    build.add_argument("--provenance", default=None, help="where the data came from, kept in the store")
     info = sub.add_parser("info", help="flows, packets and derived-target distributions of a data set")
     info.add_argument("--data", default=None, help="a store file or raw folder (default: the embedded store)")
     info.add_argument("--config", default=None, help="experiment config whose data.targets to show")
     info.add_argument("--on-bad-flow", choices=ON_BAD_FLOW, default="error")
+    info.add_argument("--format", default="auto", help="force a reader (default: detected from the content)")
     args = parser.parse_args(argv)
     if args.command == "build":
-        return _guarded("fedaux-data", lambda: _build(args.raw, args.out, args.on_bad_flow))
-    return _guarded("fedaux-data", lambda: _info(args.data, args.config, args.on_bad_flow))
+        return _guarded("fedaux-data", lambda: _build(args))
+    return _guarded("fedaux-data", lambda: _info(args.data, args.config, args.on_bad_flow, args.format))
 
 
-def _build(raw: str, out: str, on_bad_flow: str) -> int:
-    from fedaux.data.reader import read_raw_folder
+def _build(args: argparse.Namespace) -> int:
+    from dataclasses import replace
 
-    flows, report = read_raw_folder(raw, on_bad_flow=on_bad_flow)
-    for message in report.skipped:
+    from fedaux.data.sources import load_flows
+
+    cfg = load_config(args.config, [f"data.on_bad_flow={args.on_bad_flow}", f"data.format={args.format}"])
+    flows, skipped = load_flows(args.raw, cfg.data)
+    for message in skipped:
         print(f"skipped: {message}", file=sys.stderr)
-    flows = type(flows)(**{**flows.__dict__, "provenance": f"fedaux-data build from '{Path(raw).name}'"})
-    checksum = flows.save(out)
-    size_mb = Path(out).stat().st_size / 1e6
+    flows = replace(flows, provenance=args.provenance or f"fedaux-data build from '{Path(args.raw).name}'")
+    checksum = flows.save(args.out)
+    size_mb = Path(args.out).stat().st_size / 1e6
     print(
-        f"wrote {out}: {flows.num_flows} flows, {len(flows.class_names)} classes, {flows.num_packets:,} packets, "
-        f"{size_mb:.2f} MB, skipped {len(report.skipped)} bad flow(s)\nchecksum {checksum}"
+        f"wrote {args.out}: {flows.num_flows} flows, {len(flows.class_names)} classes, {flows.num_packets:,} packets "
+        f"({flows.packet_length} lengths), {size_mb:.2f} MB, skipped {len(skipped)} bad flow(s)\nchecksum {checksum}"
     )
     return 0
 
 
-def _info(data: str | None, config: str | None, on_bad_flow: str) -> int:
+def _info(data: str | None, config: str | None, on_bad_flow: str, format: str) -> int:
     from fedaux.data.sources import load_flows
     from fedaux.data.targets import compute_targets
 
-    cfg = load_config(config, [f"data.on_bad_flow={on_bad_flow}"])
-    flows, skipped = load_flows(data if data is not None else cfg.data.root, on_bad_flow,
-                                cfg.data.format if data is None else "auto")
+    overrides = [f"data.on_bad_flow={on_bad_flow}"] + ([f"data.format={format}"] if format != "auto" else [])
+    cfg = load_config(config, overrides)
+    flows, skipped = load_flows(data if data is not None else cfg.data.root, cfg.data)
     counts = flows.packet_counts()
     print(f"source: {data or cfg.data.root or 'embedded store'} ({flows.provenance or 'no provenance recorded'})")
     print(f"checksum: {flows.checksum()}")
-    print(f"{flows.num_flows} flows, {len(flows.class_names)} classes, {flows.num_packets:,} packets"
+    groups = len(set(flows.flow_groups)) if flows.flow_groups else flows.num_flows
+    print(f"{flows.num_flows} flows in {groups} capture group(s), {len(flows.class_names)} classes, "
+          f"{flows.num_packets:,} packets, lengths are {flows.packet_length} lengths"
           + (f", {len(skipped)} bad flow(s) skipped" if skipped else ""))
     print(f"\n{'class':<16}{'flows':>7}{'packets':>11}")
     for label, name in enumerate(flows.class_names):

@@ -35,6 +35,15 @@ class PartitionConfig:
 
 
 @dataclass
+class CaptureConfig:
+    """How packet captures become flows (``data.root`` a pcap/pcapng file or a folder of them)."""
+
+    idle_timeout_s: float = 60.0  # a flow ends after this much silence, as common flow meters do
+    filter: str = ""  # keep matching flows, tcpdump-style: "udp port 443"
+    length: str = "frame"  # what a packet length counts: frame | ip | payload (UC Davis: frame)
+
+
+@dataclass
 class DataConfig:
     root: str | None = None  # None: embedded store; a raw folder or a store file otherwise
     format: str = "auto"  # auto (detected from the content) or a FLOW_READERS name
@@ -46,6 +55,8 @@ class DataConfig:
     test_fraction: float = 0.2
     labeled_fraction: float = 0.1
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+    split_by: str = "group"  # group: flows of one capture stay on one side of the test split | flow
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     # The paper's derived targets; bins in bytes/s and seconds. Add more here or by config.
     targets: dict[str, TargetConfig] = field(
         default_factory=lambda: {
@@ -180,6 +191,7 @@ def choices() -> dict[str, list[str]]:
     import fedaux.callbacks  # noqa: F401  (registers the built-in callbacks)
     from fedaux.callbacks.wandb_logger import WANDB_MODES
     from fedaux.data.features import PACKET_FEATURES
+    from fedaux.data.flows import PACKET_LENGTHS
     from fedaux.data.partition import PARTITION_SCHEMES
     from fedaux.data.reader import ON_BAD_FLOW
     from fedaux.data.sources import format_names
@@ -193,6 +205,8 @@ def choices() -> dict[str, list[str]]:
     return {
         "data.format": format_names(),
         "data.on_bad_flow": list(ON_BAD_FLOW),
+        "data.split_by": ["group", "flow"],
+        "data.capture.length": list(PACKET_LENGTHS),
         "data.features": PACKET_FEATURES.names(),
         "data.partition.scheme": PARTITION_SCHEMES.names(),
         "model.trunk.norm": NORMS.names(),
@@ -312,6 +326,11 @@ def validate(cfg: DictConfig) -> None:
         for item in (value if OmegaConf.is_list(value) else [value]):
             if item not in valid:
                 raise ConfigError(f"{key}={item!r} is not valid; choose one of {valid}")
+    if cfg.data.capture.idle_timeout_s <= 0:
+        raise ConfigError(f"data.capture.idle_timeout_s={cfg.data.capture.idle_timeout_s} must be > 0")
+    from fedaux.data.flow_filter import compile_filter
+
+    compile_filter(cfg.data.capture.filter)
     if not cfg.data.features:
         raise ConfigError(f"data.features is empty; choose one or more of {choices()['data.features']}")
     positive = ["data.packets", "data.subflows_per_flow", "federated.rounds", "federated.base_stations",

@@ -26,8 +26,12 @@ if TYPE_CHECKING:
     from fedaux.data.reader import ParsedFlow
 
 FORMAT = "fedaux-flows"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds packet_length and flow_groups; version 1 stores read as frame lengths, no groups
 EMBEDDED_NAME = "ucdavis_quic_script.npz"
+# What a packet's length counts. UC Davis' most common sizes, 1,392 and 1,412 bytes, are gQUIC's
+# 1,350-byte packets in Ethernet frames over IPv4 (14 + 20 + 8 + 1,350) and IPv6 (14 + 40 + 8 +
+# 1,350), and its largest is 1,484: frame lengths. CertTA's JSON flows give IP lengths (max 1,500).
+PACKET_LENGTHS = ("frame", "ip", "payload")
 _ARRAYS = ("offsets", "labels", "iat_us", "lengths", "directions", "unix_start")
 
 
@@ -35,9 +39,9 @@ class FlowStoreError(DataError):
     """A flow store file is missing, foreign, or corrupted (checksum mismatch)."""
 
 
-def embedded_path() -> Path:
-    """Path of the flow store shipped inside the package (150 UC Davis QUIC flows)."""
-    return Path(str(resources.files("fedaux.data") / "embedded" / EMBEDDED_NAME))
+def embedded_path(name: str = EMBEDDED_NAME) -> Path:
+    """Path of a flow store shipped inside the package (by default the 150 UC Davis QUIC flows)."""
+    return Path(str(resources.files("fedaux.data") / "embedded" / name))
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,13 @@ class FlowCollection:
             first packet's gap is its relative time in the raw file, normally 0).
         lengths: ``(P,)`` uint16 packet lengths in bytes.
         directions: ``(P,)`` uint8 direction flag, 0 or 1.
-        unix_start: ``(F,)`` float64 unix time of each flow's first packet.
+        unix_start: ``(F,)`` float64 unix time of each flow's first packet (0 where the source
+            gives only relative times).
         provenance: free-form description of where the data came from.
+        packet_length: what ``lengths`` counts, one of :data:`PACKET_LENGTHS`: ``frame`` (link
+            layer header + IP packet), ``ip`` (IP total length) or ``payload`` (transport payload).
+        flow_groups: ``F`` names of the capture (or other unit) each flow came from; flows of one
+            group stay on one side of the train/test split. Empty: every flow is its own group.
     """
 
     class_names: tuple[str, ...]
@@ -85,6 +94,14 @@ class FlowCollection:
     directions: np.ndarray
     unix_start: np.ndarray
     provenance: str = ""
+    packet_length: str = "frame"
+    flow_groups: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.packet_length not in PACKET_LENGTHS:
+            raise FlowStoreError(f"packet_length={self.packet_length!r} is not valid; choose one of {list(PACKET_LENGTHS)}")
+        if self.flow_groups and len(self.flow_groups) != len(self.flow_names):
+            raise FlowStoreError(f"{len(self.flow_groups)} flow groups for {len(self.flow_names)} flows")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -95,6 +112,8 @@ class FlowCollection:
         flow_names: Sequence[str],
         class_names: Sequence[str],
         provenance: str = "",
+        packet_length: str = "frame",
+        flow_groups: Sequence[str] = (),
     ) -> FlowCollection:
         """Concatenate parsed flows; times are rounded to whole microseconds."""
         sizes = np.array([len(f.times) for f in flows], dtype=np.int64)
@@ -115,6 +134,8 @@ class FlowCollection:
             directions=np.concatenate([f.directions for f in flows]).astype(np.uint8),
             unix_start=np.array([f.unix_start for f in flows], dtype=np.float64),
             provenance=provenance,
+            packet_length=packet_length,
+            flow_groups=tuple(flow_groups),
         )
 
     # ------------------------------------------------------------------ access
@@ -125,6 +146,13 @@ class FlowCollection:
     @property
     def num_packets(self) -> int:
         return int(self.offsets[-1])
+
+    def group_index(self) -> np.ndarray:
+        """``(F,)`` int64 group of each flow (flows of one capture share one); see ``flow_groups``."""
+        if not self.flow_groups:
+            return np.arange(self.num_flows, dtype=np.int64)
+        _, index = np.unique(np.asarray(self.flow_groups, dtype=object).astype(str), return_inverse=True)
+        return index.astype(np.int64)
 
     def packet_counts(self) -> np.ndarray:
         """``(F,)`` number of packets of each flow."""
@@ -158,7 +186,10 @@ class FlowCollection:
             class_names=self.class_names, flow_names=tuple(names), labels=self.labels[order],
             offsets=np.concatenate(([0], np.cumsum(counts))).astype(np.int64), iat_us=self.iat_us[index],
             lengths=self.lengths[index], directions=self.directions[index], unix_start=self.unix_start[order],
-            provenance=self.provenance if provenance is None else provenance,
+            provenance=self.provenance if provenance is None else provenance, packet_length=self.packet_length,
+            # A repeated flow stays in its original's group, so copies never straddle the split.
+            flow_groups=tuple(self.flow_groups[i] if self.flow_groups else self.flow_names[i] for i in order.tolist())
+            if self.flow_groups or len(set(order.tolist())) < len(order) else (),
         )
 
     def with_class_list(self, class_names: Sequence[str]) -> FlowCollection:
@@ -177,6 +208,10 @@ class FlowCollection:
         """SHA-256 over names and arrays in a fixed byte order (independent of the zip container)."""
         digest = hashlib.sha256()
         digest.update(json.dumps([list(self.class_names), list(self.flow_names)]).encode())
+        # Version 2 fields enter the digest only where they differ from version 1's implicit
+        # values, so a version 1 store and its rebuild keep one checksum.
+        if self.packet_length != "frame" or self.flow_groups:
+            digest.update(json.dumps([self.packet_length, list(self.flow_groups)]).encode())
         for name in _ARRAYS:
             array = np.ascontiguousarray(getattr(self, name))
             digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
@@ -194,6 +229,8 @@ class FlowCollection:
             "class_names": list(self.class_names),
             "flow_names": list(self.flow_names),
             "provenance": self.provenance,
+            "packet_length": self.packet_length,
+            "flow_groups": list(self.flow_groups),
             "checksum": checksum,
         }
         tmp = path.with_name(path.name + ".tmp")
@@ -224,12 +261,14 @@ class FlowCollection:
             ) from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise FlowStoreError(f"{path}: foreign file, its format tag is not {FORMAT!r}")
-        if meta.get("version") != FORMAT_VERSION:
-            raise FlowStoreError(f"{path}: store format version {meta.get('version')!r}, this fedaux reads {FORMAT_VERSION}")
+        if meta.get("version") not in (1, FORMAT_VERSION):
+            raise FlowStoreError(f"{path}: store format version {meta.get('version')!r}, this fedaux reads 1 and {FORMAT_VERSION}")
         collection = cls(
             class_names=tuple(meta["class_names"]),
             flow_names=tuple(meta["flow_names"]),
             provenance=meta.get("provenance", ""),
+            packet_length=meta.get("packet_length", "frame"),
+            flow_groups=tuple(meta.get("flow_groups", ())),
             **arrays,
         )
         if collection.checksum() != meta.get("checksum"):

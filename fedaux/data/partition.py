@@ -21,23 +21,37 @@ PartitionScheme = Callable[..., list[np.ndarray]]
 PARTITION_SCHEMES: Registry[PartitionScheme] = Registry("partition scheme", "data.partition.scheme")
 
 
-def split_test_flows(labels: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split of flow indices into ``(train, test)``.
+def split_test_flows(labels: np.ndarray, test_fraction: float, rng: np.random.Generator,
+                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of flow indices into ``(train, test)``, whole groups at a time.
 
-    Each class gives ``round(test_fraction * n_c)`` flows (at least one when ``test_fraction > 0``
-    and the class has two or more flows) to the test set.
+    Each class gives about ``round(test_fraction * n_c)`` flows (at least one when
+    ``test_fraction > 0`` and the class has two or more groups) to the test set. ``groups``
+    ``(F,)`` names the capture each flow came from: a group goes wholly to one side, so no capture
+    leaks from training into testing; a group belongs to the class of its first flow. Without
+    groups every flow is its own group.
     """
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"data.test_fraction={test_fraction} must be in [0, 1)")
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    _, first = np.unique(groups, return_index=True)
+    first = np.sort(first)  # each group once, in order of its first flow
+    members_of = {int(g): np.flatnonzero(groups == g) for g in groups[first]} if len(first) < len(groups) else None
     train, test = [], []
     for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        n_test = int(round(test_fraction * len(members)))
-        if test_fraction > 0 and len(members) > 1:
-            n_test = min(max(n_test, 1), len(members) - 1)
-        test.append(members[:n_test])
-        train.append(members[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+        class_groups = rng.permutation(groups[first[labels[first] == label]])
+        flows = [members_of[int(g)] if members_of else np.array([g]) for g in class_groups]
+        sizes = np.array([len(f) for f in flows])
+        n_test = int(round(test_fraction * sizes.sum()))
+        if test_fraction > 0 and len(flows) > 1:
+            n_test = max(n_test, 1)
+        # The number of whole groups whose flows come closest to the test share, at least one
+        # when a share is due, always leaving one group for training.
+        k = int(np.argmin(np.abs(np.cumsum(sizes) - n_test))) + 1 if n_test > 0 else 0
+        k = min(k, len(flows) - 1) if len(flows) > 1 else 0
+        test.append(np.concatenate(flows[:k]) if k else np.zeros(0, np.int64))
+        train.append(np.concatenate(flows[k:]))
+    return np.sort(np.concatenate(train)).astype(np.int64), np.sort(np.concatenate(test)).astype(np.int64)
 
 
 @dataclass(frozen=True)

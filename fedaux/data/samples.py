@@ -56,6 +56,22 @@ class FederatedData:
     main_target: str
     dropped_flows: tuple[str, ...] = ()
     skipped_files: list[str] = field(default_factory=list)
+    features: tuple[str, ...] = ()  # data.features: one input channel each, in this order
+    packets: int = 0  # window length
+
+    def describe(self) -> dict:
+        """What a model trained on this data expects of new data: written to a run's ``data.json``."""
+        return {
+            "source": self.flows.provenance,
+            "checksum": self.flows.checksum(),
+            "packet_length": self.flows.packet_length,
+            "features": list(self.features),
+            "packets": self.packets,
+            "class_names": {name: list(t.class_names) for name, t in self.targets.items()},
+            "main_target": self.main_target,
+            "train_flows": int(len(self.train_flows)),
+            "test_flows": int(len(self.test_flows)),
+        }
 
     def num_classes(self, target: str) -> int:
         return self.targets[target].num_classes
@@ -100,7 +116,7 @@ def local_client_samples(data_cfg, seed: int, client: int, class_names: Sequence
     and the label mask are drawn from the same random streams as in simulation, keyed by the base
     station's index.
     """
-    flows, _ = load_flows(data_cfg.root, data_cfg.on_bad_flow, data_cfg.format)
+    flows, _ = load_flows(data_cfg.root, data_cfg)
     flows = flows.with_class_list(class_names)
     targets = compute_targets({name: dict(spec) for name, spec in data_cfg.targets.items()}, flows)
     samples, _ = make_samples(flows, np.arange(flows.num_flows), targets, data_cfg,
@@ -119,12 +135,13 @@ def build_federated_data(
 
     ``data_cfg`` is the ``data`` section of the experiment config (see ``fedaux.config``).
     """
-    flows, skipped = load_flows(data_cfg.root, data_cfg.on_bad_flow, data_cfg.format)
+    flows, skipped = load_flows(data_cfg.root, data_cfg)
     targets = compute_targets({name: dict(spec) for name, spec in data_cfg.targets.items()}, flows)
     if main_target not in targets:
         raise ConfigError(f"main task target {main_target!r} is not in data.targets; defined: {sorted(targets)}")
 
-    train_flows, test_flows = split_test_flows(flows.labels, data_cfg.test_fraction, stream(seed, "split"))
+    train_flows, test_flows = split_test_flows(flows.labels, data_cfg.test_fraction, stream(seed, "split"),
+                                               groups=flows.group_index() if data_cfg.split_by == "group" else None)
     part = data_cfg.partition
     partition = partition_flows(
         train_flows,
@@ -159,4 +176,6 @@ def build_federated_data(
         main_target=main_target,
         dropped_flows=tuple(all_dropped),
         skipped_files=skipped,
+        features=tuple(data_cfg.features),
+        packets=int(data_cfg.packets),
     )

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fedaux.data.flows import FlowCollection
+from fedaux.data.flows import FlowCollection, embedded_path
 from fedaux.data.reader import read_raw_folder
 from fedaux.errors import DataError
 from fedaux.registry import Registry
@@ -28,12 +29,13 @@ class FlowReader:
     Attributes:
         description: the format in words, for messages and ``fedaux-data info``.
         detect: ``path -> bool``, from the content; must be cheap and never raise.
-        read: ``(path, on_bad_flow) -> (flows, messages of bad flows skipped)``.
+        read: ``(path, data_cfg) -> (flows, messages of bad flows skipped)``; ``data_cfg`` is the
+            ``data`` config section (``on_bad_flow``, ``capture.*``, ...).
     """
 
     description: str
     detect: Callable[[Path], bool]
-    read: Callable[[Path, str], tuple[FlowCollection, list[str]]]
+    read: Callable[[Path, Any], tuple[FlowCollection, list[str]]]
 
 
 FLOW_READERS: Registry[FlowReader] = Registry("flow source format", "data.format")
@@ -47,25 +49,42 @@ def _starts_with(path: Path, magic: bytes) -> bool:
         return False
 
 
-def _read_store(path: Path, on_bad_flow: str) -> tuple[FlowCollection, list[str]]:
+def _read_store(path: Path, data_cfg: Any) -> tuple[FlowCollection, list[str]]:
     return FlowCollection.load(path), []
 
 
-def _read_text_folder(path: Path, on_bad_flow: str) -> tuple[FlowCollection, list[str]]:
-    flows, report = read_raw_folder(path, on_bad_flow=on_bad_flow)
+def _read_text_folder(path: Path, data_cfg: Any) -> tuple[FlowCollection, list[str]]:
+    flows, report = read_raw_folder(path, on_bad_flow=data_cfg.on_bad_flow)
     return flows, list(report.skipped)
 
 
+# Detection asks the readers in this order: binary formats first, the loosest layout (any folder
+# of *.txt files) last. Captures and CertTA JSON register themselves in their own modules.
 FLOW_READERS.register("store")(FlowReader(
     "a fedaux flow store (.npz written by 'fedaux-data build')",
     detect=lambda path: path.is_file() and _starts_with(path, ZIP_MAGIC),
     read=_read_store,
 ))
+from fedaux.data import capture, certta  # noqa: E402, F401  (registers "capture", "certta_json")
+
 FLOW_READERS.register("ucdavis_text")(FlowReader(
     "a folder with one sub-folder per class of UC Davis QUIC text flows (*.txt)",
     detect=lambda path: path.is_dir() and any(path.glob("*/*.txt")),
     read=_read_text_folder,
 ))
+
+
+def embedded_store(name: str) -> Path:
+    """The shipped store called ``name`` (``ucdavis_quic_script``, ``cicdoh20``).
+
+    Raises:
+        DataError: no such store; the message lists the shipped ones.
+    """
+    path = embedded_path(f"{name}.npz")
+    if not path.is_file():
+        shipped = sorted(p.stem for p in embedded_path().parent.glob("*.npz"))
+        raise DataError(f"data.root={EMBEDDED_PREFIX}{name}: no such embedded store; shipped: {shipped}")
+    return path
 
 
 def format_names() -> list[str]:
@@ -98,14 +117,26 @@ def _head(path: Path, size: int = 8) -> bytes:
         return b""
 
 
-def load_flows(root: str | Path | None, on_bad_flow: str = "error", format: str = AUTO) -> tuple[FlowCollection, list[str]]:
-    """Flows from ``root`` (the embedded store when None or empty), read by the reader ``format``
-    names or, with ``auto``, the one that recognises the content.
+EMBEDDED_PREFIX = "embedded:"  # data.root "embedded:<name>" names a store shipped in the package
+
+
+def load_flows(root: str | Path | None, data_cfg: Any = None) -> tuple[FlowCollection, list[str]]:
+    """Flows from ``root``, read by the reader ``data_cfg.format`` names or, with ``auto``, the one
+    that recognises the content. ``data_cfg`` is the ``data`` config section (defaults if None). ``None`` or ``""`` is the embedded UC Davis store; ``embedded:<name>``
+    another store shipped in the package (``embedded:cicdoh20``).
 
     Returns the flows and the messages of bad flows skipped under ``on_bad_flow: skip``.
     """
     if root is None or str(root) == "":
         return FlowCollection.load(None), []
+    if str(root).startswith(EMBEDDED_PREFIX):
+        return FlowCollection.load(embedded_store(str(root)[len(EMBEDDED_PREFIX):])), []
+    if data_cfg is None:
+        from omegaconf import OmegaConf
+
+        from fedaux.config import DataConfig
+
+        data_cfg = OmegaConf.structured(DataConfig)
     path = Path(root)
-    name = detect_format(path) if format == AUTO else format
-    return FLOW_READERS.get(name).read(path, on_bad_flow)
+    name = detect_format(path) if data_cfg.format == AUTO else data_cfg.format
+    return FLOW_READERS.get(name).read(path, data_cfg)
