@@ -30,6 +30,9 @@ def _guarded(prog: str, fn: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped early (e.g. head)
+        sys.stderr.close()
+        return 0
 
 
 # ---------------------------------------------------------------------------------------- fedaux-data
@@ -50,18 +53,20 @@ def data_main(argv: Sequence[str] | None = None) -> int:
     info.add_argument("--config", default=None, help="experiment config whose data.targets to show")
     info.add_argument("--on-bad-flow", choices=ON_BAD_FLOW, default="error")
     info.add_argument("--format", default="auto", help="force a reader (default: detected from the content)")
-    args = parser.parse_args(argv)
+    parser.epilog = ("Config overrides (key=value) follow, e.g. data.capture.filter='udp port 443' "
+                     "data.capture.idle_timeout_s=30 data.capture.length=ip")
+    args, overrides = parser.parse_known_args(argv)
     if args.command == "build":
-        return _guarded("fedaux-data", lambda: _build(args))
-    return _guarded("fedaux-data", lambda: _info(args.data, args.config, args.on_bad_flow, args.format))
+        return _guarded("fedaux-data", lambda: _build(args, overrides))
+    return _guarded("fedaux-data", lambda: _info(args.data, args.config, args.on_bad_flow, args.format, overrides))
 
 
-def _build(args: argparse.Namespace) -> int:
+def _build(args: argparse.Namespace, overrides: list[str]) -> int:
     from dataclasses import replace
 
     from fedaux.data.sources import load_flows
 
-    cfg = load_config(args.config, [f"data.on_bad_flow={args.on_bad_flow}", f"data.format={args.format}"])
+    cfg = load_config(args.config, [f"data.on_bad_flow={args.on_bad_flow}", f"data.format={args.format}", *overrides])
     flows, skipped = load_flows(args.raw, cfg.data)
     for message in skipped:
         print(f"skipped: {message}", file=sys.stderr)
@@ -75,12 +80,12 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _info(data: str | None, config: str | None, on_bad_flow: str, format: str) -> int:
+def _info(data: str | None, config: str | None, on_bad_flow: str, format: str, overrides: list[str]) -> int:
     from fedaux.data.sources import load_flows
     from fedaux.data.targets import compute_targets
 
-    overrides = [f"data.on_bad_flow={on_bad_flow}"] + ([f"data.format={format}"] if format != "auto" else [])
-    cfg = load_config(config, overrides)
+    extra = [f"data.on_bad_flow={on_bad_flow}"] + ([f"data.format={format}"] if format != "auto" else [])
+    cfg = load_config(config, [*extra, *overrides])
     flows, skipped = load_flows(data if data is not None else cfg.data.root, cfg.data)
     counts = flows.packet_counts()
     print(f"source: {data or cfg.data.root or 'embedded store'} ({flows.provenance or 'no provenance recorded'})")

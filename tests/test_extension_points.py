@@ -183,3 +183,13 @@ def test_callbacks_install_inside_fedaux_only(tmp_path):
              "sys.exit(importlib.util.find_spec('callbacks') is not None)")
     proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_trainer_precision_reaches_the_client_trainers_and_bytes_stay_the_same(tmp_path):
+    full = run(_cfg(tmp_path / "full"))
+    mixed = run(_cfg(tmp_path / "bf16", "trainer.precision=bf16-mixed"))
+    assert mixed.history[0]["train/global_loss"] != full.history[0]["train/global_loss"]  # bf16 really ran
+    assert all(v.dtype == full.orchestrator.global_state[k].dtype for k, v in mixed.orchestrator.global_state.items())
+    assert mixed.history[0]["comm/bytes_total"] == full.history[0]["comm/bytes_total"]
+    with pytest.raises(ConfigError, match=r"trainer section .*precision='half'.* rejected by Lightning"):
+        run(_cfg(tmp_path / "bad", "trainer.precision=half"))

@@ -22,6 +22,15 @@ def _cfg(tmp_path, engine, rounds=3, folder=None):
     ])
 
 
+def _assert_states_close(expected, actual, atol=1e-4):
+    """Float tensors within ``atol``, integer counters exactly equal."""
+    for key, value in expected.items():
+        if value.is_floating_point():
+            assert (value - actual[key]).abs().max().item() <= atol, key
+        else:
+            assert torch.equal(value, actual[key]), key
+
+
 @pytest.fixture(scope="module")
 def flower_three_rounds(tmp_path_factory):
     """An uninterrupted 3-round run on Flower's simulation engine (shared: each start costs Ray's).
@@ -42,12 +51,7 @@ def test_flower_simulation_matches_the_in_process_engine(flower_three_rounds):
         torch.set_num_threads(threads)
 
     assert [r["round"] for r in flower.history] == [1, 2, 3]
-    for key, value in reference.orchestrator.global_state.items():
-        other = flower.orchestrator.global_state[key]
-        if value.is_floating_point():
-            assert (value - other).abs().max().item() <= 1e-4, key
-        else:
-            assert torch.equal(value, other), key
+    _assert_states_close(reference.orchestrator.global_state, flower.orchestrator.global_state)
     for ours, theirs in zip(reference.history, flower.history):
         for key in ("val/acc/traffic_class", "val/f1/traffic_class", "val/acc/bandwidth", "val/acc/duration"):
             assert theirs[key] == pytest.approx(ours[key], abs=1e-6), key
@@ -77,12 +81,7 @@ def test_a_resumed_flower_run_equals_an_uninterrupted_one(flower_three_rounds):
 
     records = _records(resumed.run_dir)
     assert [r["round"] for r in records] == [1, 2, 3]
-    for key, value in whole.orchestrator.global_state.items():
-        other = resumed.orchestrator.global_state[key]
-        if value.is_floating_point():
-            assert (value - other).abs().max().item() <= 1e-4, key
-        else:
-            assert torch.equal(value, other), key
+    _assert_states_close(whole.orchestrator.global_state, resumed.orchestrator.global_state)
     for ours, theirs in zip(_records(whole.run_dir), records):
         assert theirs["val/acc/traffic_class"] == pytest.approx(ours["val/acc/traffic_class"], abs=1e-6)
         for key in ("comm/cum_bytes_total", "comm/flower_bytes_down", "comm/flower_bytes_up"):

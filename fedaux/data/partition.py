@@ -6,6 +6,7 @@ inform both training and testing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ import numpy as np
 from fedaux.errors import ConfigError
 from fedaux.labels import IGNORE_INDEX
 from fedaux.registry import Registry
+
+log = logging.getLogger(__name__)
 
 # A scheme deals training flows ``(n,)`` with their labels ``(n,)`` to ``clients`` buckets; it reads
 # the options it needs (``alpha``, ``shards_per_client``) from keyword arguments and ignores the rest.
@@ -49,6 +52,9 @@ def split_test_flows(labels: np.ndarray, test_fraction: float, rng: np.random.Ge
         # when a share is due, always leaving one group for training.
         k = int(np.argmin(np.abs(np.cumsum(sizes) - n_test))) + 1 if n_test > 0 else 0
         k = min(k, len(flows) - 1) if len(flows) > 1 else 0
+        if test_fraction > 0 and len(flows) == 1 and len(flows[0]) > 1:
+            log.warning("class %s: all %d flows come from one capture, so none is held out for testing; "
+                        "set data.split_by=flow to split them flow by flow", int(label), len(flows[0]))
         test.append(np.concatenate(flows[:k]) if k else np.zeros(0, np.int64))
         train.append(np.concatenate(flows[k:]))
     return np.sort(np.concatenate(train)).astype(np.int64), np.sort(np.concatenate(test)).astype(np.int64)
