@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml setup.cfg
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,bench,onnx]'
 	touch $(STAMP)
 
 train: $(STAMP)  ## the main job: FedAuxHMTL on the embedded QUIC flows

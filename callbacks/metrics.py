@@ -55,6 +55,10 @@ class MetricsWriter(RoundCallback):
     @override
     def add_to_summary(self, orchestrator, summary: dict[str, Any]) -> None:
         summary["packet_length"] = orchestrator.data.flows.packet_length
+        last = orchestrator.history[-1] if orchestrator.history else {}
+        summary["final_flow_accuracy"] = last.get(f"val/flow_acc/{self.main_task}")
+        # fedaux-predict --min-confidence: 95% of the correctly classified held-out flows reach it.
+        summary["suggested_min_confidence"] = last.get("val/min_confidence")
 
     @override
     def on_round_end(self, orchestrator, rnd: int, record: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """LightningDataModules over a :class:`~fedaux.data.samples.SampleSet`.
 
-Batches are dicts: ``{"x": (B, C, packets) float32, <target>: (B,) ...}`` with ``C`` features per
-packet (``data.features``). The dataset hands out
+Batches are dicts: ``{"x": (B, C, packets) float32, "flow_index": (B,) int64, <target>: (B,) ...}``
+with ``C`` features per packet (``data.features``) and the index of each window's flow. The dataset hands out
 whole batches through ``__getitems__`` (one tensor index per batch, not one call per sample), which
 keeps data loading negligible next to the model's arithmetic.
 """
@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fedaux.data.samples import SampleSet
+from fedaux.labels import FLOW_KEY
 
 
 class SampleDataset(Dataset):
@@ -29,7 +30,7 @@ class SampleDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        batch = {"x": self.samples.x[idx]}
+        batch = {"x": self.samples.x[idx], FLOW_KEY: self.samples.flow_index[idx]}
         batch.update({name: values[idx] for name, values in self.samples.targets.items()})
         return batch
 

@@ -38,6 +38,8 @@ PACKET_FEATURES: Registry[PacketFeature] = Registry("per-packet feature", "data.
 
 @PACKET_FEATURES.register("iat")
 def inter_arrival(flows: FlowCollection) -> np.ndarray:
+    """clip(log1p(max(gap_us, 0)) / log1p(1e7), 0, 1), gap_us the microseconds since the flow's
+    previous packet; 0 for its first packet."""
     gap = np.log1p(np.maximum(flows.iat_us, 0).astype(np.float64)) / np.log1p(IAT_SATURATION_US)
     gap[flows.offsets[:-1]] = 0.0  # nothing precedes a flow's first packet
     return np.clip(gap, 0.0, 1.0)
@@ -45,12 +47,15 @@ def inter_arrival(flows: FlowCollection) -> np.ndarray:
 
 @PACKET_FEATURES.register("signed_length")
 def signed_length(flows: FlowCollection) -> np.ndarray:
+    """clip(sign * length / 1500, -1, 1), sign +1 for direction 1 (as the flow's first packet), -1 otherwise."""
     sign = np.where(flows.directions == 1, 1.0, -1.0)
     return np.clip(sign * flows.lengths.astype(np.float64) / MTU_BYTES, -1.0, 1.0)
 
 
 @PACKET_FEATURES.register("elapsed")
 def elapsed(flows: FlowCollection) -> np.ndarray:
+    """clip(log1p(t_us) / log1p(1e9), 0, 1), t_us the microseconds since the flow's first packet
+    (negative gaps counted as 0)."""
     # Cumulative gaps restarted at every flow: subtract each flow's running total at its start.
     gaps = np.maximum(flows.iat_us, 0).astype(np.float64)
     gaps[flows.offsets[:-1]] = 0.0

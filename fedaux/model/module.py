@@ -12,7 +12,7 @@ from torchmetrics import MeanAbsoluteError, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from fedaux.errors import ConfigError
-from fedaux.labels import IGNORE_INDEX
+from fedaux.labels import FLOW_KEY, IGNORE_INDEX
 from fedaux.model.losses import LOSSES
 from fedaux.model.optimizers import build_optimizer
 from fedaux.model.weighting import LossWeighting
@@ -48,7 +48,11 @@ class MultiTaskModule(L.LightningModule):
     Batches are dicts with ``x`` ``(B, C, packets)`` and a ``(B,)`` target per task; main-task
     labels may be :data:`IGNORE_INDEX` (unlabelled). Logged keys: ``train/loss``,
     ``train/loss/<task>``, ``train/weight/<task>``, ``val/loss``, ``val/acc/<task>``,
-    ``val/f1/<task>`` and, for regression heads, ``val/mae/<task>``.
+    ``val/f1/<task>`` and, for regression heads, ``val/mae/<task>``. Validation batches that carry
+    ``flow_index`` ``(B,)`` also give flow-level accuracy, ``val/flow_acc/<task>`` (a flow's class
+    is the argmax of its windows' mean softmax), and ``val/min_confidence``: the main-task flow
+    probability that 95% of correctly classified held-out flows reach, a threshold below which
+    to call a flow ``unknown``.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class MultiTaskModule(L.LightningModule):
         self._train_sum: torch.Tensor | None = None  # (1 + 2T,) sample-weighted sums this epoch
         self._train_seen = 0
         self.val_metrics = nn.ModuleDict({name: self._metrics(spec) for name, spec in self.tasks.items()})
+        self._flow_outputs: list[tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
 
     @staticmethod
     def _metrics(spec: TaskSpec) -> MetricCollection:
@@ -134,12 +139,42 @@ class MultiTaskModule(L.LightningModule):
             if self.tasks[task].kind == "regression":
                 output, target = output.squeeze(-1), target.to(output.dtype)
             metrics.update(output, target)
+        if FLOW_KEY in batch:
+            classified = [t for t in self.task_names if self.tasks[t].kind == "classification"]
+            self._flow_outputs.append((
+                batch[FLOW_KEY],
+                {t: torch.softmax(outputs[t].detach(), dim=-1).cpu() for t in classified},
+                {t: batch[self.tasks[t].target].cpu() for t in classified},
+            ))
 
     def on_validation_epoch_end(self) -> None:
         for task, metrics in self.val_metrics.items():
             for name, value in metrics.compute().items():
                 self.log(f"val/{name}/{task}", value)
             metrics.reset()
+        if self._flow_outputs:
+            for key, value in self._flow_metrics().items():
+                self.log(key, value)
+            self._flow_outputs = []
+
+    def _flow_metrics(self) -> dict[str, float]:
+        flows = torch.cat([f for f, _, _ in self._flow_outputs]).cpu()
+        _, flow_of = torch.unique(flows, return_inverse=True)
+        count = int(flow_of.max()) + 1
+        metrics = {}
+        for task in self._flow_outputs[0][1]:
+            probs = torch.cat([p[task] for _, p, _ in self._flow_outputs]).double()
+            labels = torch.cat([y[task] for _, _, y in self._flow_outputs])
+            mean = torch.zeros(count, probs.shape[1], dtype=torch.float64).index_add_(0, flow_of, probs)
+            mean /= torch.bincount(flow_of, minlength=count).unsqueeze(1)
+            flow_label = torch.full((count,), IGNORE_INDEX, dtype=labels.dtype).scatter_(0, flow_of, labels)
+            known = flow_label != IGNORE_INDEX
+            confidence, predicted = mean.max(dim=1)
+            correct = (predicted == flow_label) & known
+            metrics[f"val/flow_acc/{task}"] = float(correct.sum() / known.sum().clamp_min(1))
+            if task == self.main_task and correct.any():
+                metrics["val/min_confidence"] = float(torch.quantile(confidence[correct], 0.05))
+        return metrics
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)

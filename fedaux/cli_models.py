@@ -1,0 +1,208 @@
+"""``fedaux-predict``, ``fedaux-eval`` and ``fedaux-export``: use a trained run on new traffic.
+
+Thin, like :mod:`fedaux.cli`: parse, call :mod:`fedaux.inference`, :mod:`fedaux.evaluation` or
+:mod:`fedaux.export`, print. User errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedaux.cli import _guarded
+from fedaux.errors import ConfigError
+
+
+def _source_flows(source: str, spec: dict[str, Any], data_cfg, convert: bool):
+    """Flows of ``source``, captures read with the model's packet-length quantity, others checked."""
+    from omegaconf import OmegaConf
+
+    from fedaux.data.sources import load_flows
+    from fedaux.inference import check_packet_length
+
+    data_cfg = OmegaConf.merge(data_cfg, {"capture": {"length": spec["packet_length"]}})
+    flows, skipped = load_flows(source, data_cfg)
+    for message in skipped:
+        print(f"skipped: {message}", file=sys.stderr)
+    return check_packet_length(flows, spec["packet_length"], convert, source)
+
+
+def _model(run_dir: str | None, model_file: str | None):
+    """(spec, predictor, run or None) from a run folder and/or an exported model file."""
+    from fedaux.inference import TrainedRun, model_spec
+
+    if model_file is not None:
+        from fedaux.export import load_exported
+
+        predictor, meta = load_exported(model_file)
+        return meta, predictor, TrainedRun.load(run_dir) if run_dir else None
+    if run_dir is None:
+        raise ConfigError("give a run folder (RUN_DIR) or an exported model (--model FILE)")
+    run = TrainedRun.load(run_dir)
+    return model_spec(run), run.predictor(), run
+
+
+def _data_cfg(run, overrides: list[str]):
+    from fedaux.config import load_config
+
+    base = load_config(None, overrides)
+    return run.cfg.data if run is not None and not overrides else base.data
+
+
+# ---------------------------------------------------------------------------------------- predict
+def predict_main(argv: Sequence[str] | None = None) -> int:
+    """``fedaux-predict RUN_DIR --data SOURCE``: classify every flow of any source training accepts."""
+    parser = argparse.ArgumentParser(prog="fedaux-predict", description=predict_main.__doc__,
+                                     epilog="A flow's probability is the mean of its windows' softmax probabilities. "
+                                            "Overrides (key=value) set data.capture.* for capture sources.")
+    parser.add_argument("run_dir", nargs="?", help="a finished run folder")
+    parser.add_argument("--data", required=True, help="text-flow folder, store, capture file/folder or JSON flows")
+    parser.add_argument("--model", default=None, help="an exported model (fedaux-export) to run instead of the run's")
+    parser.add_argument("--out", default=None, help="file to write (default: standard output)")
+    parser.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    parser.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                        help="label a flow 'unknown' when its main-task probability is below P "
+                             "(summary.json's suggested_min_confidence is a start)")
+    parser.add_argument("--top", type=int, default=3, help="how many main-task classes to list per flow")
+    parser.add_argument("--convert-lengths", action="store_true",
+                        help="convert frame <-> ip packet lengths (Ethernet) when the source holds the other one")
+    args, overrides = parser.parse_known_args(argv)
+    return _guarded("fedaux-predict", lambda: _predict(args, overrides))
+
+
+def _predict(args: argparse.Namespace, overrides: list[str]) -> int:
+    from fedaux.inference import predict_flows
+
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise ConfigError(f"--min-confidence={args.min_confidence} must be in [0, 1]")
+    spec, predictor, run = _model(args.run_dir, args.model)
+    flows = _source_flows(args.data, spec, _data_cfg(run, overrides), args.convert_lengths)
+    rows = predict_flows(spec, flows, predictor, min_confidence=args.min_confidence, top=args.top)
+    handle = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        if args.format == "jsonl":
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+        else:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["flow"])
+            writer.writeheader()
+            writer.writerows(rows)
+    finally:
+        if args.out:
+            handle.close()
+    short = flows.num_flows - len(rows)
+    print(f"{len(rows)} flows classified" + (f", {short} shorter than the minimum packets left out" if short else "")
+          + (f"; written to {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- eval
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """``fedaux-eval RUN_DIR [--data SOURCE]``: score a run on labelled flows (default: its held-out flows)."""
+    parser = argparse.ArgumentParser(prog="fedaux-eval", description=eval_main.__doc__)
+    parser.add_argument("run_dir", help="a finished run folder")
+    parser.add_argument("--data", default=None, help="labelled flows (class = folder or label); default: the run's "
+                                                     "own held-out flows")
+    parser.add_argument("--model", default=None, help="score an exported model instead of the run's")
+    parser.add_argument("--out", default=None, help="folder for eval.json and the confusion matrices "
+                                                    "(default: RUN_DIR/eval)")
+    parser.add_argument("--convert-lengths", action="store_true")
+    args, overrides = parser.parse_known_args(argv)
+    return _guarded("fedaux-eval", lambda: _eval(args, overrides))
+
+
+def _held_out(run) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    from fedaux.data.samples import build_federated_data
+
+    cfg = run.cfg
+    data = build_federated_data(cfg.data, cfg.federated.base_stations, cfg.federated.edge_servers, cfg.seed,
+                                main_target=cfg.model.heads[cfg.model.main_task].target)
+    flows, flow_index = np.unique(data.test.flow_index.numpy(), return_inverse=True)
+    labels = {t: data.targets[run.model.tasks[t].target].values[flows] for t in run.tasks
+              if run.model.tasks[t].kind == "classification"}
+    return data.test.x.numpy(), flow_index, labels
+
+
+def _labelled_source(run, spec, source: str, data_cfg, convert: bool):
+    from fedaux.data.targets import compute_targets
+    from fedaux.inference import flow_windows
+
+    flows = _source_flows(source, spec, data_cfg, convert)
+    x, flow_index, _ = flow_windows(flows, spec["features"], spec["packets"], spec["windowing"])
+    kept, flow_index = np.unique(flow_index, return_inverse=True)
+    targets = compute_targets({n: dict(s) for n, s in run.cfg.data.targets.items()}, flows)
+    labels, unknown = {}, {}
+    for task in spec["tasks"]:
+        target = targets[run.model.tasks[task].target]
+        known = spec["class_names"][task]
+        names = target.class_names
+        index = np.array([known.index(n) if n in known else -1 for n in names], dtype=np.int64)
+        labels[task] = index[target.values[kept]]
+        if task == spec["main_task"]:
+            for name in sorted(set(names) - set(known)):
+                unknown[name] = int((np.asarray(names)[target.values[kept]] == name).sum())
+    return x, flow_index, labels, unknown
+
+
+def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    from fedaux.evaluation import evaluate, write_report
+
+    spec, predictor, run = _model(args.run_dir, args.model)
+    if args.data is None:
+        x, flow_index, labels = _held_out(run)
+        unknown: dict[str, int] = {}
+    else:
+        x, flow_index, labels, unknown = _labelled_source(run, spec, args.data, _data_cfg(run, overrides),
+                                                          args.convert_lengths)
+    report = evaluate(run, x, flow_index, labels, predictor, unknown)
+    report["data"] = args.data or "the run's held-out flows"
+    written = write_report(report, run, Path(args.out) if args.out else run.run_dir / "eval")
+    for task, head in report["heads"].items():
+        w, f = head["window"], head["flow"]
+        print(f"{task}: window accuracy {w['accuracy']:.4f} (macro F1 {w['macro_f1']:.4f}, {w['count']} windows); "
+              f"flow accuracy {f['accuracy']:.4f} (macro F1 {f['macro_f1']:.4f}, {f['count']} flows)")
+    for name, count in report["unknown_classes"].items():
+        print(f"class {name!r} is not one the model knows: {count} flow(s), left out of the scores")
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- export
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """``fedaux-export RUN_DIR --format onnx|torchscript``: a self-contained model for a base station."""
+    parser = argparse.ArgumentParser(prog="fedaux-export", description=export_main.__doc__)
+    parser.add_argument("run_dir", help="a finished run folder")
+    parser.add_argument("--format", choices=("onnx", "torchscript"), required=True)
+    parser.add_argument("--out", default=None, help="file to write (default: RUN_DIR/model.onnx or model.ts)")
+    args = parser.parse_args(argv)
+    return _guarded("fedaux-export", lambda: _export(args))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fedaux.export import export_run
+    from fedaux.inference import TrainedRun
+
+    run = TrainedRun.load(args.run_dir)
+    out = Path(args.out) if args.out else run.run_dir / ("model.onnx" if args.format == "onnx" else "model.ts")
+    path = export_run(run, args.format, out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): run it with fedaux-predict --model {path} --data SOURCE")
+    return 0
+
+
+def main_predict() -> None:
+    sys.exit(predict_main())
+
+
+def main_eval() -> None:
+    sys.exit(eval_main())
+
+
+def main_export() -> None:
+    sys.exit(export_main())

@@ -1,0 +1,140 @@
+"""Self-contained models for base stations: ONNX or TorchScript, with everything needed to feed
+them in their metadata (class names, features and their formulas, window length, packet-length
+quantity, windowing), so a base station needs neither the config nor fedaux's training stack.
+
+The exported graph maps windows ``(B, C, packets)`` float32 to one ``(B, K_task)`` softmax per
+head, in the metadata's ``tasks`` order. ONNX keeps the metadata as the model's ``fedaux``
+metadata property; TorchScript as the extra file ``fedaux.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedaux.errors import ConfigError
+from fedaux.inference import Predictor, TrainedRun
+
+FORMATS = ("onnx", "torchscript")
+METADATA_KEY = "fedaux"
+TORCHSCRIPT_EXTRA = "fedaux.json"
+
+
+class ProbabilityHeads(nn.Module):
+    """The multi-task model with a softmax on every head: ``(B, C, P)`` -> tuple of ``(B, K_t)``."""
+
+    def __init__(self, model: nn.Module, tasks: list[str]) -> None:
+        super().__init__()
+        # The trunk and heads only: plain modules, without the LightningModule's trainer hooks,
+        # which tracing and ONNX export would otherwise touch.
+        self.trunk = model.trunk
+        self.heads = nn.ModuleList([model.heads[t] for t in tasks])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.trunk(x)
+        return tuple(torch.softmax(head(features), dim=-1) for head in self.heads)
+
+
+def metadata(run: TrainedRun) -> dict[str, Any]:
+    """What a consumer of the exported model must know to feed it and read its outputs."""
+    from fedaux.data.features import PACKET_FEATURES
+    from fedaux.inference import model_spec
+
+    summary_path = run.run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    spec = model_spec(run)
+    return {
+        "format": "fedaux-model",
+        "version": 1,
+        **spec,
+        "feature_formulas": {f: " ".join((PACKET_FEATURES.get(f).__doc__ or "").split()) for f in spec["features"]},
+        "input": "windows (B, C, packets) float32, one channel per feature, zero-padded after a flow's last packet",
+        "outputs": "per task, (B, classes) softmax probabilities; a flow's probability is the mean over its windows",
+        "suggested_min_confidence": summary.get("suggested_min_confidence"),
+    }
+
+
+def export_run(run: TrainedRun, format: str, out: str | Path) -> Path:
+    """Write ``run``'s model as ONNX or TorchScript to ``out``; returns the path."""
+    if format not in FORMATS:
+        raise ConfigError(f"--format={format!r} is not valid; choose one of {list(FORMATS)}")
+    meta = metadata(run)
+    wrapper = ProbabilityHeads(run.model, meta["tasks"]).eval()
+    example = torch.zeros(2, len(meta["features"]), meta["packets"])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if format == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript still runs without Python, as asked
+            traced = torch.jit.trace(wrapper, example)
+        torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
+        return out
+    try:
+        import onnx
+    except ImportError:
+        raise ConfigError("ONNX export needs the onnx extra: pip install 'fedaux[onnx]'") from None
+    outputs = [f"probs_{t}" for t in meta["tasks"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter: no onnxscript needed
+        torch.onnx.export(wrapper, (example,), str(out), dynamo=False, input_names=["windows"], output_names=outputs,
+                          dynamic_axes={"windows": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+                          opset_version=17)
+    proto = onnx.load(str(out))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    onnx.save(proto, str(out))
+    return out
+
+
+def load_exported(path: str | Path, threads: int = 1) -> tuple[Predictor, dict[str, Any]]:
+    """A predictor and the metadata of an exported model (ONNX through ONNX Runtime, or TorchScript).
+
+    Raises:
+        ConfigError: the file is neither, or lacks fedaux's metadata.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        is_zip = handle.read(4) == b"PK\x03\x04"  # TorchScript archives are zip files; ONNX is protobuf
+    if is_zip:
+        extra = {TORCHSCRIPT_EXTRA: ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        if not extra[TORCHSCRIPT_EXTRA]:
+            raise ConfigError(f"{path}: a TorchScript file without fedaux's metadata ({TORCHSCRIPT_EXTRA})")
+        meta = json.loads(extra[TORCHSCRIPT_EXTRA])
+        module.eval()
+
+        def predict_ts(x: np.ndarray) -> dict[str, np.ndarray]:
+            with torch.inference_mode():
+                outputs = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            return {t: o.numpy() for t, o in zip(meta["tasks"], outputs)}
+
+        return predict_ts, meta
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError("running an ONNX model needs the onnx extra: pip install 'fedaux[onnx]'") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # ONNX Runtime raises its own exception types for unreadable files
+        raise ConfigError(f"{path}: neither a TorchScript nor a readable ONNX model ({str(err).splitlines()[0]})") from None
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise ConfigError(f"{path}: an ONNX model without fedaux's metadata")
+    meta = json.loads(props[METADATA_KEY])
+
+    def predict_onnx(x: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = session.run(None, {"windows": np.ascontiguousarray(x, dtype=np.float32)})
+        return dict(zip(meta["tasks"], outputs))
+
+    return predict_onnx, meta

@@ -1,0 +1,186 @@
+"""Applying a trained run to flows: load it, window the flows as training did, predict per flow.
+
+A run folder holds ``config.yaml`` (the experiment), ``model.pt`` (the final global state dict) and
+``data.json`` (what the model expects: class names per target, features, window length, the
+packet-length quantity). A flow's probability for a class is the mean of its windows' softmax
+probabilities; its prediction is the most probable class.
+
+Example:
+    >>> flow_means(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 0.8]]), torch.tensor([0, 0, 1]), 2)
+    tensor([[0.5000, 0.5000],
+            [0.2000, 0.8000]])
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from fedaux.data.features import cut_windows, packet_features
+from fedaux.data.flows import FlowCollection
+from fedaux.data.samples import stream
+from fedaux.errors import ConfigError, DataError
+
+UNKNOWN = "unknown"
+ETHERNET_HEADER = 14  # bytes between an IP packet and its Ethernet frame length (no VLAN tag)
+
+# A predictor maps windows (N, C, packets) float32 to {task: (N, K) probabilities}.
+Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+@dataclass
+class TrainedRun:
+    """A run folder's model and what it expects of the data it classifies."""
+
+    run_dir: Path
+    cfg: DictConfig
+    model: Any  # MultiTaskModule, in eval mode
+    info: dict[str, Any]  # data.json
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.model.task_names)
+
+    def class_names(self, task: str) -> list[str]:
+        return list(self.info["class_names"][self.model.tasks[task].target])
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> TrainedRun:
+        """Rebuild the model from ``config.yaml`` and load ``model.pt``.
+
+        Raises:
+            ConfigError: the folder is not a finished run, or its config does not fit this fedaux
+                (the message names the key).
+        """
+        from fedaux.config import load_config_text
+        from fedaux.model import build_model
+
+        run_dir = Path(run_dir)
+        missing = [name for name in ("config.yaml", "model.pt") if not (run_dir / name).is_file()]
+        if missing:
+            raise ConfigError(f"{run_dir}: not a finished fedaux run folder (no {', '.join(missing)})")
+        cfg = load_config_text((run_dir / "config.yaml").read_text(), f"{run_dir}/config.yaml")
+        info = _data_info(run_dir, cfg)
+        num_classes = {name: len(names) for name, names in info["class_names"].items()}
+        model = build_model(cfg.model, num_classes, int(info["packets"]), len(info["features"]))
+        state = torch.load(run_dir / "model.pt", weights_only=True, map_location="cpu")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ConfigError(f"{run_dir}/model.pt does not fit the model config.yaml describes: "
+                              f"{str(err).splitlines()[0]}") from None
+        return cls(run_dir, cfg, model.eval(), info)
+
+    def window_spec(self) -> dict[str, Any]:
+        """How flows were cut into windows for testing: repeated exactly at prediction time."""
+        data = self.cfg.data
+        return {"subflows_per_flow": int(data.subflows_per_flow), "min_packets": int(data.min_packets),
+                "seed": int(self.cfg.seed)}
+
+    def predictor(self, batch_size: int = 1024) -> Predictor:
+        """Eager PyTorch on the CPU: windows -> softmax probabilities per task."""
+        model = self.model
+
+        def predict(x: np.ndarray) -> dict[str, np.ndarray]:
+            out: dict[str, list[np.ndarray]] = {t: [] for t in model.task_names}
+            with torch.inference_mode():
+                for start in range(0, len(x), batch_size):
+                    logits = model(torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])))
+                    for task, values in logits.items():
+                        out[task].append(torch.softmax(values, dim=-1).numpy())
+            return {t: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for t, v in out.items()}
+
+        return predict
+
+
+def _data_info(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
+    """``data.json``; a run from before it existed gets it rebuilt from its config's data."""
+    path = run_dir / "data.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from fedaux.data.samples import build_federated_data
+
+    fed = cfg.federated
+    data = build_federated_data(cfg.data, fed.base_stations, fed.edge_servers, cfg.seed,
+                                main_target=cfg.model.heads[cfg.model.main_task].target)
+    return data.describe()
+
+
+def check_packet_length(flows: FlowCollection, expected: str, convert: bool, source: str) -> FlowCollection:
+    """Refuse flows whose lengths count another quantity than the model learned from, unless the
+    user asked to convert (frame <-> ip, assuming Ethernet's 14-byte header)."""
+    if flows.packet_length == expected:
+        return flows
+    if not convert:
+        raise DataError(
+            f"{source}: its packet lengths are {flows.packet_length} lengths, the model learned from {expected} "
+            f"lengths; pass --convert-lengths to convert (frame = ip + {ETHERNET_HEADER} bytes, Ethernet) or read "
+            f"captures with data.capture.length={expected}"
+        )
+    pair = (flows.packet_length, expected)
+    if pair not in (("frame", "ip"), ("ip", "frame")):
+        raise DataError(f"{source}: cannot convert {flows.packet_length} lengths to {expected} lengths")
+    shift = ETHERNET_HEADER if expected == "frame" else -ETHERNET_HEADER
+    lengths = np.clip(flows.lengths.astype(np.int64) + shift, 1, 65535).astype(np.uint16)
+    return replace(flows, lengths=lengths, packet_length=expected)
+
+
+def flow_windows(flows: FlowCollection, features: list[str], packets: int, windowing: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Windows of every flow, cut as the run cut its test flows (same features, length, count and
+    seeded offsets: ``windowing`` is :meth:`TrainedRun.window_spec`). Returns ``x`` ``(N, C, packets)``,
+    ``flow_index`` ``(N,)`` and the names of flows shorter than ``min_packets`` (no window)."""
+    values = packet_features(flows, list(features))
+    windows = cut_windows(flows, np.arange(flows.num_flows), int(packets), int(windowing["subflows_per_flow"]),
+                          int(windowing["min_packets"]), stream(int(windowing["seed"]), "windows_test"), values)
+    return windows.x, windows.flow_index, windows.dropped_flows
+
+
+def flow_means(probs: torch.Tensor | np.ndarray, flow_index: torch.Tensor | np.ndarray, num_flows: int) -> torch.Tensor:
+    """Mean window probability per flow: ``(N, K)``, ``(N,)`` -> ``(F, K)`` (zeros for flows with no window)."""
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    index = torch.as_tensor(flow_index, dtype=torch.long)
+    sums = torch.zeros(num_flows, probs.shape[1], dtype=torch.float64).index_add_(0, index, probs)
+    counts = torch.bincount(index, minlength=num_flows).clamp_min(1).unsqueeze(1)
+    return (sums / counts).to(torch.float32)
+
+
+def model_spec(run: TrainedRun) -> dict[str, Any]:
+    """The same fields an exported model's metadata holds (see :func:`fedaux.export.metadata`)."""
+    tasks = [t for t in run.tasks if run.model.tasks[t].kind == "classification"]
+    return {"tasks": tasks, "main_task": run.model.main_task, "class_names": {t: run.class_names(t) for t in tasks},
+            "features": list(run.info["features"]), "packets": int(run.info["packets"]),
+            "packet_length": run.info["packet_length"], "windowing": run.window_spec()}
+
+
+def predict_flows(spec: Mapping[str, Any], flows: FlowCollection, predictor: Predictor, *,
+                  min_confidence: float = 0.0, top: int = 3) -> list[dict[str, Any]]:
+    """One row per flow with at least one window: its name, window count, each head's predicted
+    class and probability, and the main task's ``top`` classes. A main-task prediction below
+    ``min_confidence`` is ``unknown``. ``spec`` is :func:`model_spec` or an exported model's metadata."""
+    x, flow_index, _ = flow_windows(flows, spec["features"], spec["packets"], spec["windowing"])
+    probs = predictor(x)
+    windows = np.bincount(flow_index, minlength=flows.num_flows)
+    per_flow = {task: flow_means(probs[task], flow_index, flows.num_flows).numpy() for task in spec["tasks"]}
+    main = spec["main_task"]
+    rows = []
+    for f in np.flatnonzero(windows):
+        row: dict[str, Any] = {"flow": flows.flow_names[f], "windows": int(windows[f])}
+        for task in spec["tasks"]:
+            names, p = spec["class_names"][task], per_flow[task][f]
+            best = int(np.argmax(p))
+            label = names[best] if (task != main or p[best] >= min_confidence) else UNKNOWN
+            row[task] = label
+            row[f"{task}_probability"] = round(float(p[best]), 6)
+        names, p = spec["class_names"][main], per_flow[main][f]
+        for rank, k in enumerate(np.argsort(-p)[:top], start=1):
+            row[f"top{rank}"] = names[int(k)]
+            row[f"top{rank}_probability"] = round(float(p[k]), 6)
+        rows.append(row)
+    return rows
