@@ -179,8 +179,10 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     """``fedaux-export RUN_DIR --format onnx|torchscript``: a self-contained model for a base station."""
     parser = argparse.ArgumentParser(prog="fedaux-export", description=export_main.__doc__)
     parser.add_argument("run_dir", help="a finished run folder")
-    parser.add_argument("--format", choices=("onnx", "torchscript"), required=True)
-    parser.add_argument("--out", default=None, help="file to write (default: RUN_DIR/model.onnx or model.ts)")
+    parser.add_argument("--format", choices=("onnx", "onnx-int8", "torchscript"), required=True,
+                        help="onnx: exact; onnx-int8: quantised, about 4x faster on CPU; torchscript: exact")
+    parser.add_argument("--out", default=None, help="file to write (default: RUN_DIR/model.onnx, model-int8.onnx "
+                                                    "or model.ts)")
     args = parser.parse_args(argv)
     return _guarded("fedaux-export", lambda: _export(args))
 
@@ -190,7 +192,8 @@ def _export(args: argparse.Namespace) -> int:
     from fedaux.inference import TrainedRun
 
     run = TrainedRun.load(args.run_dir)
-    out = Path(args.out) if args.out else run.run_dir / ("model.onnx" if args.format == "onnx" else "model.ts")
+    default = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx", "torchscript": "model.ts"}[args.format]
+    out = Path(args.out) if args.out else run.run_dir / default
     path = export_run(run, args.format, out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): run it with fedaux-predict --model {path} --data SOURCE")
     return 0

@@ -132,3 +132,13 @@ def test_a_source_of_another_length_quantity_is_refused_unless_converted(trained
     with pytest.raises(DataError):
         check_packet_length(flows, "frame", False, "cicdoh20")
     assert model_spec(TrainedRun.load(trained.run_dir))["packet_length"] == "frame"
+
+
+def test_the_int8_model_mostly_agrees_with_the_float_model(trained, tmp_path):
+    loaded = TrainedRun.load(trained.run_dir)
+    predictor, meta = load_exported(export_run(loaded, "onnx-int8", tmp_path / "int8.onnx"))
+    assert meta["quantized"].startswith("int8")
+    x = _windows()
+    quantized, eager = predictor(x)["traffic_class"], loaded.predictor()(x)["traffic_class"]
+    assert np.abs(quantized - eager).max() < 0.05
+    assert np.mean(quantized.argmax(1) == eager.argmax(1)) >= 0.98
