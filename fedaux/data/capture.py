@@ -95,7 +95,7 @@ class _Packets:
     key: list[int] = field(default_factory=list)  # index into ``keys``
     forward: list[int] = field(default_factory=list)  # 1: sent by the key's first endpoint
     length: list[int] = field(default_factory=list)
-    keys: dict[tuple, int] = field(default_factory=dict)  # (proto, addr a, port a, addr b, port b), a <= b
+    keys: dict[tuple, int] = field(default_factory=dict)  # (proto, family, addr a, port a, addr b, port b), a <= b
 
 
 def _open(path: Path, handle) -> Any:
@@ -170,7 +170,7 @@ def _read_packets(path: Path, length: str, report: CaptureReport) -> _Packets:
                 size = link_bytes + ip_length
             elif length == "ip":
                 size = ip_length
-            else:
+            else:  # transport payload; behind IPv6 extension headers a TCP payload counts them too
                 header = ip.hl * 4 if family == socket.AF_INET else ip_length - ip.plen
                 size = (segment.ulen - 8) if proto == "udp" else ip_length - header - segment.off * 4
             a, b = (ip.src, segment.sport), (ip.dst, segment.dport)
