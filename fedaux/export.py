@@ -123,8 +123,11 @@ def _quantize(run: TrainedRun, float_path: Path, out: Path) -> None:
 
     prepared = float_path.with_name(float_path.name + ".pre.onnx")
     quant_pre_process(str(float_path), str(prepared))
+    # Only the arithmetic is quantised; the softmax outputs stay float (quantised, they would move
+    # in steps of 1/255).
     quantize_static(str(prepared), str(out), Windows(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                    op_types_to_quantize=["Conv", "Gemm", "MatMul"])
     for path in (float_path, prepared):
         path.unlink(missing_ok=True)
 
