@@ -91,8 +91,8 @@ def _info(data: str | None, config: str | None, on_bad_flow: str, format: str, o
     print(f"source: {data or cfg.data.root or 'embedded store'} ({flows.provenance or 'no provenance recorded'})")
     print(f"checksum: {flows.checksum()}")
     groups = len(set(flows.flow_groups)) if flows.flow_groups else flows.num_flows
-    print(f"{flows.num_flows} flows in {groups} capture group(s), {len(flows.class_names)} classes, "
-          f"{flows.num_packets:,} packets, lengths are {flows.packet_length} lengths"
+    print(f"{flows.num_flows} flows, {len(flows.class_names)} classes, {flows.num_packets:,} packets"
+          f" ({flows.packet_length} lengths), {groups} capture group(s)"
           + (f", {len(skipped)} bad flow(s) skipped" if skipped else ""))
     print(f"\n{'class':<16}{'flows':>7}{'packets':>11}")
     for label, name in enumerate(flows.class_names):

@@ -1,7 +1,8 @@
 """LightningDataModules over a :class:`~fedaux.data.samples.SampleSet`.
 
-Batches are dicts: ``{"x": (B, C, packets) float32, "flow_index": (B,) int64, <target>: (B,) ...}``
-with ``C`` features per packet (``data.features``) and the index of each window's flow. The dataset hands out
+Batches are dicts: ``{"x": (B, C, packets) float32, <target>: (B,) ...}`` with ``C`` features per
+packet (``data.features``); held-out batches also carry ``"flow_index": (B,) int64``, each
+window's flow. The dataset hands out
 whole batches through ``__getitems__`` (one tensor index per batch, not one call per sample), which
 keeps data loading negligible next to the model's arithmetic.
 """
@@ -17,10 +18,15 @@ from fedaux.labels import FLOW_KEY
 
 
 class SampleDataset(Dataset):
-    """Map-style dataset returning batched dicts for a list of indices."""
+    """Map-style dataset returning batched dicts for a list of indices.
 
-    def __init__(self, samples: SampleSet) -> None:
-        self.samples = samples
+    Args:
+        with_flows: add each window's flow index under ``flow_index`` (evaluation batches, for
+            flow-level metrics; training needs none).
+    """
+
+    def __init__(self, samples: SampleSet, with_flows: bool = False) -> None:
+        self.samples, self.with_flows = samples, with_flows
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -30,7 +36,9 @@ class SampleDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        batch = {"x": self.samples.x[idx], FLOW_KEY: self.samples.flow_index[idx]}
+        batch = {"x": self.samples.x[idx]}
+        if self.with_flows:
+            batch[FLOW_KEY] = self.samples.flow_index[idx]
         batch.update({name: values[idx] for name, values in self.samples.targets.items()})
         return batch
 
@@ -39,11 +47,12 @@ def _already_batched(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def batch_loader(samples: SampleSet, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+def batch_loader(samples: SampleSet, batch_size: int, shuffle: bool, seed: int = 0,
+                 with_flows: bool = False) -> DataLoader:
     """A DataLoader of dict batches; shuffling is seeded so runs repeat exactly."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
-        SampleDataset(samples),
+        SampleDataset(samples, with_flows),
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
@@ -79,7 +88,7 @@ class HeldOutDataModule(L.LightningDataModule):
         self.test_samples, self.batch_size = test, batch_size
 
     def val_dataloader(self) -> DataLoader:
-        return batch_loader(self.test_samples, self.batch_size, shuffle=False)
+        return batch_loader(self.test_samples, self.batch_size, shuffle=False, with_flows=True)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

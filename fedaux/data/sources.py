@@ -99,7 +99,8 @@ def detect_format(path: Path) -> str:
         DataError: nothing is at ``path``, or no reader recognises it (the message lists the formats).
     """
     if not path.exists():
-        raise DataError(f"{path}: data.root not found; give a folder or file in one of the formats {FLOW_READERS.names()}")
+        raise DataError(f"{path}: raw data folder not found (nothing at this path); a flow source is a folder or "
+                        f"file in one of the formats {FLOW_READERS.names()}")
     for name, reader in FLOW_READERS.items():
         if reader.detect(path):
             return name
