@@ -224,3 +224,34 @@ def test_a_run_records_the_packet_length_quantity(tmp_path):
                                                                                      "Iodine"]
     assert data["features"] == ["iat", "signed_length", "elapsed"] and data["packets"] == 60
     assert result.summary["packet_length"] == "ip"
+
+
+def test_from_a_capture_folder_to_a_trained_model(tmp_path):
+    """The README's "Your own traffic" commands: info, build with a filter, train on the store."""
+    _needs(ZEEK)
+    root = tmp_path / "captures"
+    for cls, files in {"quic": ["quic_win11_firefox_google.pcap", "chromium-115.0.5790.110-google-de-fragmented.pcap",
+                                "firefox-102.13.0esr-blog-cloudflare-com.pcap", "curl-8.1.2-dev-http3-www-google-de.pcap"],
+                       "tls": ["google-cert-repeat.pcap"]}.items():
+        (root / cls).mkdir(parents=True)
+        for f in files:
+            shutil.copy(ZEEK / f, root / cls / f)
+    common = [sys.executable, "-m", "fedaux.cli_data"]
+    info = subprocess.run([*common, "info", "--data", str(root), "data.capture.filter=tcp or udp port 443"],
+                          capture_output=True, text=True, timeout=300)
+    assert info.returncode == 0, info.stderr
+    assert "12 flows, 2 classes, 2,130 packets (frame lengths), 5 capture group(s)" in info.stdout
+    store = tmp_path / "mine.npz"
+    build = subprocess.run([*common, "build", "--raw", str(root), "--out", str(store), "data.capture.filter=udp port 443"],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    assert FlowCollection.load(store).num_flows == 4  # the TLS class's flows are all TCP: filtered out
+    from fedaux.train import run
+
+    cfg = load_config(REPO / "conf" / "quic.yaml", [
+        f"data.root={root}", "data.split_by=flow", f"output_dir={tmp_path / 'out'}", "federated.rounds=1",
+        "federated.base_stations=2", "federated.edge_servers=1", "data.subflows_per_flow=2", "logging.progress=false",
+        "logging.energy=false", "logging.plots=false", "logging.wandb.mode=disabled"])
+    result = run(cfg)
+    assert result.history[0]["clients"] == 2
+    assert json.loads((result.run_dir / "data.json").read_text())["class_names"]["traffic_class"] == ["quic", "tls"]
