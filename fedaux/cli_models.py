@@ -176,7 +176,7 @@ def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
 # ---------------------------------------------------------------------------------------- export
 def export_main(argv: Sequence[str] | None = None) -> int:
-    """``fedaux-export RUN_DIR --format onnx|torchscript``: a self-contained model for a base station."""
+    """``fedaux-export RUN_DIR --format onnx|onnx-int8|torchscript``: a self-contained model for a base station."""
     parser = argparse.ArgumentParser(prog="fedaux-export", description=export_main.__doc__)
     parser.add_argument("run_dir", help="a finished run folder")
     parser.add_argument("--format", choices=("onnx", "onnx-int8", "torchscript"), required=True,
