@@ -50,10 +50,15 @@ def _model(run_dir: str | None, model_file: str | None):
 
 
 def _data_cfg(run, overrides: list[str]):
-    from fedaux.config import load_config
+    """The ``data`` section for reading a source: the run's (defaults with only an exported model),
+    with the command line's ``key=value`` overrides on top."""
+    from omegaconf import OmegaConf
 
-    base = load_config(None, overrides)
-    return run.cfg.data if run is not None and not overrides else base.data
+    from fedaux.config import load_config, normalise_overrides
+
+    if run is None:
+        return load_config(None, overrides).data
+    return OmegaConf.merge(run.cfg, OmegaConf.from_dotlist(normalise_overrides(overrides))).data
 
 
 # ---------------------------------------------------------------------------------------- predict

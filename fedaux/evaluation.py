@@ -18,7 +18,8 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from fedaux.inference import Predictor, TrainedRun, flow_means
+from fedaux.inference import Predictor, TrainedRun
+from fedaux.model.module import flow_means
 
 THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 

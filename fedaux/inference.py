@@ -3,12 +3,7 @@
 A run folder holds ``config.yaml`` (the experiment), ``model.pt`` (the final global state dict) and
 ``data.json`` (what the model expects: class names per target, features, window length, the
 packet-length quantity). A flow's probability for a class is the mean of its windows' softmax
-probabilities; its prediction is the most probable class.
-
-Example:
-    >>> flow_means(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 0.8]]), torch.tensor([0, 0, 1]), 2)
-    tensor([[0.5000, 0.5000],
-            [0.2000, 0.8000]])
+probabilities (:func:`~fedaux.model.module.flow_means`); its prediction is the most probable class.
 """
 
 from __future__ import annotations
@@ -27,6 +22,7 @@ from fedaux.data.features import cut_windows, packet_features
 from fedaux.data.flows import FlowCollection
 from fedaux.data.samples import stream
 from fedaux.errors import ConfigError, DataError
+from fedaux.model.module import flow_means
 
 UNKNOWN = "unknown"
 ETHERNET_HEADER = 14  # bytes between an IP packet and its Ethernet frame length (no VLAN tag)
@@ -140,15 +136,6 @@ def flow_windows(flows: FlowCollection, features: list[str], packets: int, windo
     windows = cut_windows(flows, np.arange(flows.num_flows), int(packets), int(windowing["subflows_per_flow"]),
                           int(windowing["min_packets"]), stream(int(windowing["seed"]), "windows_test"), values)
     return windows.x, windows.flow_index, windows.dropped_flows
-
-
-def flow_means(probs: torch.Tensor | np.ndarray, flow_index: torch.Tensor | np.ndarray, num_flows: int) -> torch.Tensor:
-    """Mean window probability per flow: ``(N, K)``, ``(N,)`` -> ``(F, K)`` (zeros for flows with no window)."""
-    probs = torch.as_tensor(probs, dtype=torch.float64)
-    index = torch.as_tensor(flow_index, dtype=torch.long)
-    sums = torch.zeros(num_flows, probs.shape[1], dtype=torch.float64).index_add_(0, index, probs)
-    counts = torch.bincount(index, minlength=num_flows).clamp_min(1).unsqueeze(1)
-    return (sums / counts).to(torch.float32)
 
 
 def model_spec(run: TrainedRun) -> dict[str, Any]:

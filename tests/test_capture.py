@@ -255,3 +255,21 @@ def test_from_a_capture_folder_to_a_trained_model(tmp_path):
     result = run(cfg)
     assert result.history[0]["clients"] == 2
     assert json.loads((result.run_dir / "data.json").read_text())["class_names"]["traffic_class"] == ["quic", "tls"]
+
+
+def test_a_split_by_groups_keeps_each_group_whole_and_stays_stratified():
+    from fedaux.data.partition import split_test_flows
+
+    flows = FlowCollection.load()
+    rng = lambda: np.random.default_rng([0, 1])  # noqa: E731
+    plain = split_test_flows(flows.labels, 0.2, rng())
+    # One group per flow, named in an order unrelated to the flows': the same split as no groups.
+    shuffled_names = np.random.default_rng(3).permutation(flows.num_flows).astype(str)
+    named = split_test_flows(flows.labels, 0.2, rng(), shuffled_names)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, named))
+    # Groups of five flows of one class: whole groups on each side; one group per class is closest
+    # to the 20% share (six flows).
+    groups = np.array([f"capture-{i // 5}" for i in range(flows.num_flows)])[np.argsort(np.argsort(flows.labels, kind="stable"))]
+    train, test = split_test_flows(flows.labels, 0.2, rng(), groups)
+    assert not set(groups[train]) & set(groups[test])
+    assert np.bincount(flows.labels[test]).tolist() == [5] * 5

@@ -187,10 +187,16 @@ class FlowCollection:
             offsets=np.concatenate(([0], np.cumsum(counts))).astype(np.int64), iat_us=self.iat_us[index],
             lengths=self.lengths[index], directions=self.directions[index], unix_start=self.unix_start[order],
             provenance=self.provenance if provenance is None else provenance, packet_length=self.packet_length,
-            # A repeated flow stays in its original's group, so copies never straddle the split.
-            flow_groups=tuple(self.flow_groups[i] if self.flow_groups else self.flow_names[i] for i in order.tolist())
-            if self.flow_groups or len(set(order.tolist())) < len(order) else (),
+            flow_groups=self._selected_groups(order.tolist()),
         )
+
+    def _selected_groups(self, order: list[int]) -> tuple[str, ...]:
+        # A repeated flow stays in its original's group, so copies never straddle the split.
+        if self.flow_groups:
+            return tuple(self.flow_groups[i] for i in order)
+        if len(set(order)) < len(order):
+            return tuple(self.flow_names[i] for i in order)
+        return ()
 
     def with_class_list(self, class_names: Sequence[str]) -> FlowCollection:
         """The same flows with labels re-indexed into ``class_names`` (a federation's global list).

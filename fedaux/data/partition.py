@@ -37,13 +37,16 @@ def split_test_flows(labels: np.ndarray, test_fraction: float, rng: np.random.Ge
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"data.test_fraction={test_fraction} must be in [0, 1)")
     groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
-    _, first = np.unique(groups, return_index=True)
-    first = np.sort(first)  # each group once, in order of its first flow
-    members_of = {int(g): np.flatnonzero(groups == g) for g in groups[first]} if len(first) < len(groups) else None
+    _, first, group_of = np.unique(groups, return_index=True, return_inverse=True)
+    # Each group's flows, in flow order, as a slice of one sorted index (no per-group scan).
+    by_group = np.argsort(group_of, kind="stable")
+    ends = np.cumsum(np.bincount(group_of, minlength=len(first)))
+    starts = ends - np.bincount(group_of, minlength=len(first))
+    in_flow_order = np.argsort(first, kind="stable")  # groups in order of their first flow
     train, test = [], []
     for label in np.unique(labels):
-        class_groups = rng.permutation(groups[first[labels[first] == label]])
-        flows = [members_of[int(g)] if members_of else np.array([g]) for g in class_groups]
+        class_groups = rng.permutation(in_flow_order[labels[first[in_flow_order]] == label])
+        flows = [by_group[starts[g]:ends[g]] for g in class_groups]
         sizes = np.array([len(f) for f in flows])
         n_test = int(round(test_fraction * sizes.sum()))
         if test_fraction > 0 and len(flows) > 1:

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import lightning as L
@@ -99,6 +100,11 @@ class TrainerOptions:
             ) from None
 
     def trainer_kwargs(self) -> dict[str, Any]:
+        """The Trainer arguments, worked out once (every client fit of every round asks)."""
+        return dict(self._kwargs)
+
+    @cached_property
+    def _kwargs(self) -> dict[str, Any]:
         # Bit-for-bit repeatable runs on CPU. CUDA has kernels with no deterministic variant
         # (e.g. some scatter ops): there Lightning warns instead of failing.
         return {"accelerator": self.accelerator, "devices": self.device_arg(), "precision": self.precision,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fedaux.errors import ConfigError
 from fedaux.registry import Registry
 
 if TYPE_CHECKING:
@@ -117,8 +118,6 @@ def build_callback(spec: str, cfg: Any, run_dir: Path, key: str = "logging.callb
     from_config = getattr(factory, "from_config", None)
     callback = from_config(cfg, run_dir) if from_config is not None else factory()
     if callback is not None and not isinstance(callback, RoundCallback):
-        from fedaux.errors import ConfigError
-
         raise ConfigError(f"{key}: {spec!r} built a {type(callback).__name__}, not a fedaux RoundCallback")
     return callback
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MetricCollection
@@ -16,6 +17,22 @@ from fedaux.labels import FLOW_KEY, IGNORE_INDEX
 from fedaux.model.losses import LOSSES
 from fedaux.model.optimizers import build_optimizer
 from fedaux.model.weighting import LossWeighting
+
+
+def flow_means(probs: torch.Tensor | np.ndarray, flow_index: torch.Tensor | np.ndarray, num_flows: int) -> torch.Tensor:
+    """Mean window probability per flow: ``(N, K)``, ``(N,)`` -> ``(F, K)`` (zeros for flows with no
+    window). A flow's class is the argmax of this mean, in training metrics and at prediction alike.
+
+    Example:
+        >>> flow_means(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 0.8]]), torch.tensor([0, 0, 1]), 2)
+        tensor([[0.5000, 0.5000],
+                [0.2000, 0.8000]])
+    """
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    index = torch.as_tensor(flow_index, dtype=torch.long)
+    sums = torch.zeros(num_flows, probs.shape[1], dtype=torch.float64).index_add_(0, index, probs)
+    counts = torch.bincount(index, minlength=num_flows).clamp_min(1).unsqueeze(1)
+    return (sums / counts).to(torch.float32)
 
 
 @dataclass(frozen=True)
@@ -163,10 +180,9 @@ class MultiTaskModule(L.LightningModule):
         count = int(flow_of.max()) + 1
         metrics = {}
         for task in self._flow_outputs[0][1]:
-            probs = torch.cat([p[task] for _, p, _ in self._flow_outputs]).double()
+            probs = torch.cat([p[task] for _, p, _ in self._flow_outputs])
             labels = torch.cat([y[task] for _, _, y in self._flow_outputs])
-            mean = torch.zeros(count, probs.shape[1], dtype=torch.float64).index_add_(0, flow_of, probs)
-            mean /= torch.bincount(flow_of, minlength=count).unsqueeze(1)
+            mean = flow_means(probs, flow_of, count)
             flow_label = torch.full((count,), IGNORE_INDEX, dtype=labels.dtype).scatter_(0, flow_of, labels)
             known = flow_label != IGNORE_INDEX
             confidence, predicted = mean.max(dim=1)
