@@ -90,11 +90,15 @@ class HeadConfig:
 
 @dataclass
 class WeightingConfig:
-    name: str = "random"  # a WEIGHTINGS name: random | equal | fixed | uncertainty | dwa
+    # A WEIGHTINGS name: random | equal | fixed | uncertainty | dwa | famo | mgda | pcgrad | cagrad | nash_mtl | upgrad
+    name: str = "random"
     weights: dict[str, float] = field(default_factory=dict)  # fixed: weight per task
     draw_main: bool = False  # random: draw the main task's weight too
     std: float = 1.0  # random: std of the Gaussian draws
     temperature: float = 2.0  # dwa
+    c: float = 0.4  # cagrad: radius of the conflict-averse step around the mean gradient
+    famo_lr: float = 0.025  # famo: learning rate of the task logits
+    famo_gamma: float = 0.001  # famo: weight decay of the task logits
 
 
 @dataclass
@@ -139,6 +143,14 @@ class FederatedConfig:
     client_timeout_s: float | None = None  # drop a base station that has not answered by then
     min_clients: int = 1  # fewer valid updates in a round stops the run (after the last checkpoint)
     update_norm_bound: float | None = None  # reject updates farther than this (L2) from the global state
+    # A STRATEGIES name: fedavg | fedprox | scaffold | fedavgm | fedadam | fedper | fedrep (fedaux/federated/strategies/)
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01  # fedprox: weight of the proximal term mu/2 ||w - w_global||^2
+    server_lr: float | None = None  # fedavgm / fedadam: top-tier learning rate (None: 1.0 / 0.01)
+    server_momentum: float = 0.9  # fedavgm
+    server_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])  # fedadam
+    server_tau: float = 1e-3  # fedadam: adaptivity (Adam's eps)
+    head_epochs: int = 1  # fedrep: epochs on the heads alone before the trunk's local_epochs
     aggregation: str = "fedavg"  # an AGGREGATION_RULES name: fedavg | median | trimmed_mean (at the edge tier)
     trim_fraction: float = 0.1  # trimmed_mean: share dropped at each end
     flower: FlowerConfig = field(default_factory=FlowerConfig)  # used when engine is flower
@@ -198,6 +210,7 @@ def choices() -> dict[str, list[str]]:
     from fedaux.federated.aggregation import AGGREGATION_RULES
     from fedaux.federated.client import ACCELERATORS
     from fedaux.federated.engines import ENGINES
+    from fedaux.federated.strategies import STRATEGIES
     from fedaux.model.optimizers import OPTIMIZERS
     from fedaux.model.trunk import NORMS
     from fedaux.model.weighting import WEIGHTINGS
@@ -214,6 +227,7 @@ def choices() -> dict[str, list[str]]:
         "model.optimizer.name": OPTIMIZERS.names(),
         "federated.engine": ENGINES.names(),
         "federated.aggregation": AGGREGATION_RULES.names(),
+        "federated.strategy": STRATEGIES.names(),
         "trainer.accelerator": list(ACCELERATORS),
         "logging.wandb.mode": list(WANDB_MODES),
     }

@@ -18,6 +18,7 @@ from fedaux.federated.client import TrainerOptions
 from fedaux.federated.engines import ENGINES, Engine
 from fedaux.federated.hooks import RoundCallback, build_callback
 from fedaux.federated.orchestrator import FederatedOrchestrator
+from fedaux.federated.strategies import build_strategy
 from fedaux.model import build_model
 
 # Built-in callbacks every run gets (those disabled by config build to None), in this order:
@@ -82,6 +83,7 @@ def build_orchestrator(cfg: DictConfig, data: FederatedData | None = None,
         gradient_clip_val=fed.gradient_clip_val, eval_batch_size=fed.eval_batch_size, callbacks=callbacks,
         client_timeout_s=fed.client_timeout_s, min_clients=fed.min_clients, update_norm_bound=fed.update_norm_bound,
         aggregation=fed.aggregation, trim_fraction=fed.trim_fraction, trainer_options=trainer_options,
+        strategy=build_strategy(fed, model),
     )
 
 

@@ -22,6 +22,8 @@ import torch
 from fedaux.data.datamodule import ClientDataModule, HeldOutDataModule
 from fedaux.data.samples import SampleSet
 from fedaux.errors import ConfigError
+from fedaux.federated.strategies import Strategy
+from fedaux.labels import IGNORE_INDEX
 from fedaux.model.module import MultiTaskModule
 
 ACCELERATORS = ("auto", "cpu", "gpu", "mps")  # what a base station's Trainer may run on (trainer.accelerator)
@@ -153,35 +155,101 @@ def client_trainer(local_epochs: int, gradient_clip_val: float | None, callbacks
     )
 
 
+@dataclass
+class ClientFit:
+    """What one base station's local fit produced.
+
+    Attributes:
+        upload: what it sends to its edge server (the strategy's choice of entries, on the CPU).
+        local_state: what it keeps for its next round (personal heads, control variates; may be empty).
+        metrics: the module's ``train/*`` epoch means of the last local epoch and, for personalised
+            strategies, ``personal/*`` scores of the base station's own model.
+        seconds: wall time of the fit.
+    """
+
+    upload: dict[str, torch.Tensor]
+    local_state: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    seconds: float
+
+
 def train_client(
     model: MultiTaskModule,
     samples: SampleSet,
-    global_state: dict[str, torch.Tensor],
+    payload: dict[str, torch.Tensor],
     local_epochs: int,
     batch_size: int,
     seed: int,
     gradient_clip_val: float | None = None,
     callbacks: Sequence[L.Callback] = (),
     trainer_options: TrainerOptions | None = None,
-) -> tuple[dict[str, torch.Tensor], dict[str, float], float]:
-    """Load ``global_state`` into ``model``, fit it on ``samples`` and return its new state.
+    strategy: Strategy | None = None,
+    local_state: dict[str, torch.Tensor] | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+    test: SampleSet | None = None,
+) -> ClientFit:
+    """Start ``model`` from ``payload`` (and the base station's ``local_state``), fit it on
+    ``samples`` and return what the strategy uploads and keeps.
 
-    The state returned is on the CPU whatever device the fit used, so aggregation and byte counts
-    are the same on any device.
-
-    Returns:
-        ``(state, train metrics, fit seconds)``; the metrics are the module's ``train/*`` epoch
-        means of the last local epoch (``train/loss``, ``train/loss/<task>``, ``train/weight/<task>``).
+    The upload is on the CPU whatever device the fit used, so aggregation and byte counts are the
+    same on any device. ``initial_state`` (the model's seeded initial weights) fills entries that
+    neither the payload nor the local state has, e.g. personal heads on their first round;
+    ``test`` (the held-out flows) is scored by personalised strategies' local models.
     """
-    model.load_state_dict(global_state)
+    strategy = strategy or Strategy([n for n, _ in model.named_parameters()])
+    local_state = local_state or {}
+    strategy.load_client(model, payload, local_state, initial_state if initial_state is not None else payload)
+    method_callbacks = strategy.client_callbacks(model, payload, local_state)
     torch.manual_seed(seed)  # RLW draws and any dropout repeat exactly for this (round, client)
     start = time.perf_counter()
+    # Lightning clips only under automatic optimisation; a module that steps by hand (gradient-based
+    # weightings) clips in its own on_before_optimizer_step, at the same point of the step.
+    model.manual_clip_val = None if model.automatic_optimization else gradient_clip_val
     with quiet_lightning():
-        trainer = client_trainer(local_epochs, gradient_clip_val, callbacks, trainer_options)
+        trainer = client_trainer(strategy.local_epochs(local_epochs),
+                                 gradient_clip_val if model.automatic_optimization else None,
+                                 [*method_callbacks, *callbacks], trainer_options)
         trainer.fit(model, ClientDataModule(samples, batch_size=batch_size, seed=seed))
     seconds = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    return cpu_state(model), metrics, seconds
+    if strategy.personalised and test is not None:
+        metrics.update(personal_scores(model, test, samples))
+    upload, kept = strategy.client_upload(model, payload, local_state, method_callbacks)
+    return ClientFit(upload, kept, metrics, seconds)
+
+
+@torch.no_grad()
+def personal_scores(model: MultiTaskModule, test: SampleSet, samples: SampleSet, batch_size: int = 1024) -> dict[str, float]:
+    """A base station's own model scored on the held-out flows, two ways.
+
+    * ``personal/acc/<main>``: window accuracy on all held-out windows (the global test set).
+    * ``personal/local_acc/<main>``: the per-class accuracies on those windows weighted by this
+      base station's class mix (the shares of its labelled windows): the accuracy to expect on
+      its own traffic. Whole flows are held out of every base station, so its own held-out
+      traffic is the test set reweighted, not flows it trained on.
+    """
+    task = model.main_task
+    target = model.tasks[task].target
+    device = model.device
+    was_training = model.training
+    model.eval()
+    predicted = torch.cat([model(test.x[i:i + batch_size].to(device))[task].argmax(-1).cpu()
+                           for i in range(0, len(test), batch_size)])
+    model.train(was_training)
+    labels = test.targets[target]
+    known = labels != IGNORE_INDEX
+    correct = (predicted == labels) & known
+    classes = model.tasks[task].out_features
+    per_class_total = torch.bincount(labels[known], minlength=classes).double()
+    per_class_correct = torch.bincount(labels[correct], minlength=classes).double()
+    own = samples.targets[target]
+    mix = torch.bincount(own[own != IGNORE_INDEX], minlength=classes).double()
+    mix = (mix * (per_class_total > 0)).clamp_min(0)
+    if mix.sum() == 0:  # no labelled window: every class present in the test set counts alike
+        mix = (per_class_total > 0).double()
+    class_acc = per_class_correct / per_class_total.clamp_min(1)
+    return {f"personal/acc/{task}": float(correct.sum() / known.sum().clamp_min(1)),
+            f"personal/local_acc/{task}": float((mix * class_acc).sum() / mix.sum())}
 
 
 class GlobalEvaluator:

@@ -39,6 +39,7 @@ class ClientUpdate:
     train_metrics: dict[str, float]  # ``train/*`` epoch means of the client's last local epoch
     fit_seconds: float
     nbytes: int = 0  # bytes of ``state`` as sent
+    local_state: dict[str, torch.Tensor] | None = None  # what the base station keeps (in-process engine)
 
     @property
     def train_loss(self) -> float:

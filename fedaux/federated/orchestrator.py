@@ -21,6 +21,7 @@ from fedaux.federated.aggregation import TwoTierAggregator, state_nbytes
 from fedaux.federated.client import GlobalEvaluator, TrainerOptions, cpu_state, derived_seed, train_client
 from fedaux.federated.errors import ClientTimeout, NotEnoughClients
 from fedaux.federated.hooks import ClientUpdate, RoundAggregate, RoundCallback
+from fedaux.federated.strategies import Strategy
 from fedaux.federated.validation import update_problem
 from fedaux.model.module import MultiTaskModule
 
@@ -60,7 +61,7 @@ def select_clients(seed: int, rnd: int, num_clients: int, fraction: float) -> li
 
 
 class FederatedOrchestrator:
-    """Runs ``rounds`` of two-tier FedAvg over the base stations of ``data``.
+    """Runs ``rounds`` of a two-tier federated strategy (FedAvg by default) over the base stations of ``data``.
 
     Args:
         model: the multi-task LightningModule; its initial weights are the first global state.
@@ -69,9 +70,12 @@ class FederatedOrchestrator:
         callbacks: round hooks; those that are also Lightning callbacks are attached to every
             client's Trainer. Their ``state_key`` values must differ where they keep state.
         trainer_options: accelerator, devices and precision of every client Trainer and the evaluator.
+        strategy: what is sent, how clients train, what they keep and how the top tier updates
+            (:mod:`fedaux.federated.strategies`); FedAvg when None.
 
-    Its :meth:`state_dict` (completed rounds, global state, history, drop counts and every
-    callback's state) is all a resumed run needs besides the RNG states.
+    Its :meth:`state_dict` (completed rounds, global state, history, drop counts, the strategy's
+    server state, the base stations' local states and every callback's state) is all a resumed
+    run needs besides the RNG states.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class FederatedOrchestrator:
         aggregation: str = "fedavg",
         trim_fraction: float = 0.1,
         trainer_options: TrainerOptions | None = None,
+        strategy: Strategy | None = None,
     ) -> None:
         self.model, self.data = model, data
         self.rounds, self.local_epochs, self.batch_size = rounds, local_epochs, batch_size
@@ -106,6 +111,10 @@ class FederatedOrchestrator:
         self.callbacks = list(callbacks)
         _check_state_keys(self.callbacks)
         self.global_state = cpu_state(model)
+        self.initial_state = cpu_state(model)  # seeded initial weights: personal heads start here
+        self.strategy = strategy or Strategy([n for n, _ in model.named_parameters()])
+        self.client_states: dict[int, dict[str, Any]] = {}  # what each base station keeps between rounds
+        self._payload: dict[str, Any] = {}
         self.evaluator = GlobalEvaluator(model, data.test, eval_batch_size, self.trainer_options)
         self.history: list[dict[str, Any]] = []
         self.completed_rounds = 0
@@ -120,6 +129,11 @@ class FederatedOrchestrator:
     def lightning_callbacks(self) -> list[L.Callback]:
         return [c for c in self.callbacks if isinstance(c, L.Callback)]
 
+    @property
+    def payload(self) -> dict[str, Any]:
+        """What the strategy sends every selected base station this round (set by :meth:`start_round`)."""
+        return self._payload
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run continues from, except RNG states (the checkpoint adds those).
@@ -132,6 +146,8 @@ class FederatedOrchestrator:
             "global_state": self.global_state,
             "history": list(self.history),
             "rejections": dict(self.rejections),
+            "strategy": self.strategy.state_dict(),
+            "client_states": dict(self.client_states),
             "callbacks": {cb.state_key: state for cb in self.callbacks if (state := cb.state_dict())},
         }
 
@@ -141,6 +157,9 @@ class FederatedOrchestrator:
         self.global_state = {k: v.detach().to("cpu") for k, v in state["global_state"].items()}
         self.history = list(state["history"])
         self.rejections = {int(k): int(v) for k, v in state["rejections"].items()}
+        self.strategy.load_state_dict(state.get("strategy", {}))
+        self.client_states = {int(k): {n: t.detach().to("cpu") for n, t in v.items()}
+                              for k, v in state.get("client_states", {}).items()}
         saved = state["callbacks"]
         for callback in self.callbacks:
             if saved.get(callback.state_key):
@@ -155,20 +174,23 @@ class FederatedOrchestrator:
 
         def fit():
             return train_client(
-                model, samples, self.global_state, local_epochs=self.local_epochs, batch_size=self.batch_size,
+                model, samples, self._payload, local_epochs=self.local_epochs, batch_size=self.batch_size,
                 seed=derived_seed(self.seed, rnd, client), gradient_clip_val=self.gradient_clip_val,
-                callbacks=self.lightning_callbacks, trainer_options=self.trainer_options,
+                callbacks=self.lightning_callbacks, trainer_options=self.trainer_options, strategy=self.strategy,
+                local_state=self.client_states.get(client), initial_state=self.initial_state, test=self.data.test,
             )
 
         self._call("on_client_start", rnd, client)
-        state, metrics, seconds = fit() if self.client_timeout_s is None else _with_timeout(fit, self.client_timeout_s)
+        result = fit() if self.client_timeout_s is None else _with_timeout(fit, self.client_timeout_s)
         edge = int(self.data.partition.edge_of_client[client])
-        return ClientUpdate(client, edge, state, len(samples), metrics, seconds)
+        return ClientUpdate(client, edge, result.upload, len(samples), result.metrics, result.seconds,
+                            local_state=result.local_state)
 
     def start_round(self, rnd: int) -> list[int]:
         """Pick the round's base stations, open a fresh aggregator and call ``on_round_start``."""
         clients = select_clients(self.seed, rnd, len(self.data.clients), self.fraction)
         self._aggregator = TwoTierAggregator(self.data.partition.edge_of_client, self.aggregation, self.trim_fraction)
+        self._payload = self.strategy.downlink(self.global_state)
         self._received: list[ClientUpdate] = []
         self._dropped: list[tuple[int, str]] = []
         self._call("on_round_start", rnd, clients)
@@ -177,7 +199,7 @@ class FederatedOrchestrator:
     def receive(self, rnd: int, update: ClientUpdate) -> None:
         """Take one client's update: validate it, call the hooks, fold it into the aggregate and drop
         its state, so a round holds one state per edge server however many base stations there are."""
-        problem = update_problem(update.state, self.global_state, self.update_norm_bound)
+        problem = update_problem(update.state, self._payload, self.update_norm_bound)
         if problem is not None:
             self.drop(rnd, update.client, f"update rejected: {problem}")
             return
@@ -185,6 +207,9 @@ class FederatedOrchestrator:
         self._call("on_client_done", rnd, update)
         self._aggregator.add(update.client, update.state, update.num_samples)
         update.state = {}
+        if update.local_state is not None:  # the in-process engine keeps what each base station keeps
+            self.client_states[update.client] = update.local_state
+            update.local_state = None
         self._received.append(update)
 
     def drop(self, rnd: int, client: int, reason: str) -> None:
@@ -210,15 +235,17 @@ class FederatedOrchestrator:
     def _aggregate(self) -> RoundAggregate:
         result = self._aggregator.result()
         updates = self._received
-        # The global state goes down to every participating edge server and base station; each base
-        # station's state goes up to its edge server, and each edge server's average to the top.
-        down_nbytes = state_nbytes(self.global_state)
+        new_global = self.strategy.server_update(self.global_state, result.global_state, len(updates),
+                                                 len(self.data.clients))
+        # The strategy's payload goes down to every participating edge server and base station; each
+        # base station's upload goes up to its edge server, and each edge server's average to the top.
+        down_nbytes = state_nbytes(self._payload)
         down = {TIER_TOP: down_nbytes * len(result.edge_states), TIER_EDGE: down_nbytes * len(updates)}
         up = {
             TIER_EDGE: sum(u.nbytes for u in updates),
             TIER_TOP: sum(state_nbytes(s) for s in result.edge_states.values()),
         }
-        return RoundAggregate(result.global_state, result.edge_samples, [u.client for u in updates], down, up)
+        return RoundAggregate(new_global, result.edge_samples, [u.client for u in updates], down, up)
 
     def finish_round(self, rnd: int) -> dict[str, Any]:
         """Aggregate, evaluate and log a round whose client updates were all received (any engine).
@@ -275,7 +302,8 @@ class FederatedOrchestrator:
             (drive or FederatedOrchestrator._run_rounds)(self)
             if self.completed_rounds < self.rounds:
                 raise RuntimeError(f"the run stopped after {self.completed_rounds} of {self.rounds} rounds")
-            self.summary = summarize(self.history, self.model.main_task, self.target_accuracy)
+            self.summary = summarize(self.history, self.model.main_task, self.target_accuracy,
+                                     self.strategy.headline_key(self.model.main_task))
             self._call("add_to_summary", self.summary)
             self._call("on_run_end", self.summary)
             failed = False
@@ -288,12 +316,18 @@ class FederatedOrchestrator:
             self.run_round(rnd)
 
 
-def summarize(history: Sequence[dict[str, Any]], main_task: str, target_accuracy: float) -> dict[str, Any]:
+def summarize(history: Sequence[dict[str, Any]], main_task: str, target_accuracy: float,
+              key: str | None = None) -> dict[str, Any]:
     """Final and best main accuracy and rounds to ``target_accuracy``; callbacks add their totals
-    (MB, seconds, energy, ... and their values at the target) in ``add_to_summary``."""
+    (MB, seconds, energy, ... and their values at the target) in ``add_to_summary``.
+
+    Args:
+        key: the record key of the main-task accuracy: ``val/acc/<main_task>`` (the global model on
+            the held-out flows) unless a personalised strategy scores its base stations' own models.
+    """
     if not history:
         return {"rounds": 0}
-    key = f"val/acc/{main_task}"
+    key = key or f"val/acc/{main_task}"
     accs = [r[key] for r in history]
     best = int(np.argmax(accs))
     reached = next((r for r in history if r[key] >= target_accuracy), None)
@@ -305,6 +339,7 @@ def summarize(history: Sequence[dict[str, Any]], main_task: str, target_accuracy
         "final_f1": history[-1].get(f"val/f1/{main_task}"),
         "final_global_loss": history[-1].get("train/global_loss"),
         "target_accuracy": target_accuracy,
+        "accuracy_key": key,
         "rounds_to_target": reached["round"] if reached else None,
     }
     return summary

@@ -102,6 +102,10 @@ class MultiTaskModule(L.LightningModule):
         self._train_seen = 0
         self.val_metrics = nn.ModuleDict({name: self._metrics(spec) for name, spec in self.tasks.items()})
         self._flow_outputs: list[tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+        # Gradient-based weightings need each task's gradient on the trunk: the module then steps
+        # itself (Lightning's manual optimisation) and clips at ``manual_clip_val``.
+        self.automatic_optimization = not getattr(weighting, "needs_gradients", False)
+        self.manual_clip_val: float | None = None
 
     @staticmethod
     def _metrics(spec: TaskSpec) -> MetricCollection:
@@ -121,19 +125,66 @@ class MultiTaskModule(L.LightningModule):
     def task_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Outputs per task and the ``(T,)`` vector of task losses (main task first)."""
         outputs = self(batch["x"])
-        losses = torch.stack([self._losses[t](outputs[t], batch[self.tasks[t].target]) for t in self.task_names])
-        return outputs, losses
+        return outputs, self._stack_losses(outputs, batch)
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        _, losses = self.task_losses(batch)
-        total, weights = self.weighting(losses)
+    def _stack_losses(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([self._losses[t](outputs[t], batch[self.tasks[t].target]) for t in self.task_names])
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        if not self.automatic_optimization:
+            total, losses, weights = self._gradient_step(batch)
+        else:
+            _, losses = self.task_losses(batch)
+            total, weights = self.weighting(losses)
+        self._accumulate(batch, total, losses, weights)
+        return total if self.automatic_optimization else None
+
+    def _gradient_step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One manual step of a gradient-based weighting: per-task gradients on the trunk, aggregated."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        features = self.trunk(batch["x"])
+        # One graph per task loss (not slices of one stacked tensor): torchjd differentiates each alone.
+        task_losses = [self._losses[t](self.heads[t](features), batch[self.tasks[t].target]) for t in self.task_names]
+        losses = torch.stack([loss.detach() for loss in task_losses])
+        shared = [p for p in self.trunk.parameters() if p.requires_grad]
+        heads = [[p for p in self.heads[t].parameters() if p.requires_grad] for t in self.task_names]
+        if shared and all(heads):
+            weights = self.weighting.backward(task_losses, features, shared, heads)
+        else:  # part of the model is frozen (FedRep's phases): each trainable part learns from the plain sum
+            self.manual_backward(torch.stack(task_losses).sum())
+            weights = torch.ones_like(losses)
+        optimizer.step()  # runs the callbacks' and this module's on_before_optimizer_step (clipping)
+        return (weights * losses).sum(), losses, weights
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.automatic_optimization and self.manual_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.manual_clip_val, gradient_clip_algorithm="norm")
+
+    def on_train_start(self) -> None:
+        if hasattr(self.weighting, "start_fit"):
+            self.weighting.start_fit()
+
+    def on_train_batch_end(self, outputs, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        # Loss-rate methods (FAMO) compare the batch's losses before and after the step.
+        if hasattr(self.weighting, "after_step"):
+            buffers = {name: b.clone() for name, b in self.named_buffers()}  # BatchNorm must not see it twice
+            with torch.no_grad():
+                _, losses = self.task_losses(batch)
+            with torch.no_grad():
+                for name, b in self.named_buffers():
+                    if name in buffers and not name.startswith("weighting."):
+                        b.copy_(buffers[name])
+            self.weighting.after_step(losses)
+
+    def _accumulate(self, batch: Mapping[str, torch.Tensor], total: torch.Tensor, losses: torch.Tensor,
+                    weights: torch.Tensor) -> None:
         # Epoch means are accumulated here and logged once per epoch: calling self.log for 1 + 2T
         # keys every step costs more than the step itself for this small model (profiled).
         size = batch["x"].shape[0]
         step_stats = torch.cat([total.detach().reshape(1), losses.detach(), weights.detach()]) * size
         self._train_sum = step_stats if self._train_sum is None else self._train_sum + step_stats
         self._train_seen += size
-        return total
 
     def on_train_epoch_start(self) -> None:
         self._train_sum, self._train_seen = None, 0

@@ -1,0 +1,130 @@
+"""The interface every federated strategy implements, and the registry that names them.
+
+A strategy decides four things, on both engines alike:
+
+* what goes down to a base station (:meth:`Strategy.downlink`) and what comes back up
+  (:meth:`Strategy.client_upload`): the whole model, the trunk only, or the model plus control
+  variates. Both are ``dict[str, Tensor]`` by name, so the two-tier aggregator, the byte counters
+  and Flower's ``ArrayRecord`` carry them unchanged.
+* how a base station trains (:meth:`Strategy.client_callbacks`, :meth:`Strategy.local_epochs`):
+  Lightning callbacks that touch gradients or freeze parts of the model;
+* what a base station keeps between rounds (its *local state*: personal heads, control
+  variates). The in-process engine keeps it per base station in the orchestrator (and its
+  checkpoint); on Flower it lives in the node's ``Context.state``;
+* how the top tier turns the average of the edge servers into the next global model
+  (:meth:`Strategy.server_update`): plain replacement (FedAvg) or a server optimiser step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+
+from fedaux.registry import Registry
+
+State = dict[str, torch.Tensor]
+
+# A strategy class by name (``federated.strategy``); each module of this package registers one or two.
+STRATEGIES: Registry[type[Strategy]] = Registry("federated strategy", "federated.strategy")
+
+
+class Strategy:
+    """Base class and FedAvg's behaviour: send the whole model, average it, take the average.
+
+    Args:
+        param_names: names of the model's trainable parameters (the rest of the state dict are
+            buffers such as BatchNorm statistics), in ``named_parameters()`` order.
+        fed_cfg: the ``federated`` config section (strategies read their options from it).
+    """
+
+    personalised: ClassVar[bool] = False  # clients keep part of the model: scored on their own models too
+
+    def __init__(self, param_names: Sequence[str], fed_cfg: Any = None) -> None:
+        self.param_names = list(param_names)
+
+    @classmethod
+    def from_config(cls, fed_cfg: Any, param_names: Sequence[str]) -> Strategy:
+        return cls(param_names, fed_cfg)
+
+    # ------------------------------------------------------------------ server side
+    def downlink(self, global_state: Mapping[str, torch.Tensor]) -> State:
+        """What every selected base station receives this round."""
+        return dict(global_state)
+
+    def server_update(self, global_state: Mapping[str, torch.Tensor], aggregate: Mapping[str, torch.Tensor],
+                      participants: int, clients: int) -> State:
+        """The next global state from the current one and the two-tier average of the uploads.
+
+        Args:
+            participants: base stations whose update was aggregated this round.
+            clients: base stations in the federation.
+        """
+        return {**global_state, **{k: v for k, v in aggregate.items() if k in global_state}}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Server-side state a resumed run needs (momentum, control variate, ...)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+    # ------------------------------------------------------------------ client side
+    def local_epochs(self, configured: int) -> int:
+        """Epochs of a base station's local fit (``federated.local_epochs`` unless the method adds some)."""
+        return configured
+
+    def load_client(self, model: torch.nn.Module, payload: Mapping[str, torch.Tensor],
+                    local_state: Mapping[str, torch.Tensor], initial_state: Mapping[str, torch.Tensor]) -> None:
+        """Put the model a base station starts its fit from into ``model``.
+
+        Model entries missing from the payload come from ``local_state``, or on a base station's
+        first round from ``initial_state`` (the model's seeded initial weights, equal everywhere).
+        """
+        model_keys = initial_state.keys()
+        state = {k: initial_state[k] for k in model_keys}
+        state.update({k: v for k, v in local_state.items() if k in model_keys})
+        state.update({k: v for k, v in payload.items() if k in model_keys})
+        model.load_state_dict(state)
+
+    def client_callbacks(self, model: torch.nn.Module, payload: Mapping[str, torch.Tensor],
+                         local_state: Mapping[str, torch.Tensor]) -> list[L.Callback]:
+        """Lightning callbacks for this base station's fit (gradient corrections, freezing)."""
+        return []
+
+    def client_upload(self, model: torch.nn.Module, payload: Mapping[str, torch.Tensor],
+                      local_state: Mapping[str, torch.Tensor], callbacks: Sequence[L.Callback]) -> tuple[State, State]:
+        """``(upload, new local state)`` after the fit; the upload has the payload's keys."""
+        state = _cpu_state(model)
+        return {k: state[k] for k in payload}, {}
+
+    def headline_key(self, main_task: str) -> str:
+        """The record key whose value is the method's main-task accuracy (rounds to target, plots)."""
+        return f"val/acc/{main_task}"
+
+
+def _cpu_state(model: torch.nn.Module) -> State:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+class ParameterGradientHook(L.Callback):
+    """Adds a per-parameter term to the gradients before every optimiser step (after backward,
+    before Lightning clips), counting the steps. FedProx and SCAFFOLD subclass it."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def correction(self, name: str, param: torch.Tensor) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        self.steps += 1
+        with torch.no_grad():
+            for name, param in pl_module.named_parameters():
+                if param.grad is None:
+                    continue
+                term = self.correction(name, param)
+                if term is not None:
+                    param.grad.add_(term.to(param.grad.device, param.grad.dtype))
