@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import zlib
+
 import numpy as np
 
 from fedaux.data.flows import FlowCollection, FlowView
@@ -47,6 +49,23 @@ def duration(flow: FlowView) -> float:
 def upload_fraction(flow: FlowView) -> float:
     """Share of the flow's bytes sent in direction 1."""
     return float(flow.lengths[flow.directions == 1].sum()) / max(float(flow.lengths.sum()), 1.0)
+
+
+@TARGET_FUNCTIONS.register("random_uniform")
+def random_uniform(flow: FlowView) -> float:
+    """A number in [0, 1) drawn per flow from its name alone: a target unrelated to the traffic.
+
+    With ``bins`` it gives random class labels per flow, the "unrelated auxiliary task" of the
+    ablation (``conf/ablation/``): it shows whether an auxiliary head that carries no information
+    hurts the main task (negative transfer), and whether a weighting protects against that.
+
+    Example:
+        >>> view = FlowView(np.zeros(1), np.zeros(1, np.int64), np.zeros(1, np.uint8), 0, "a", "a/f1")
+        >>> random_uniform(view) == random_uniform(view), 0 <= random_uniform(view) < 1
+        (True, True)
+    """
+    # crc32 of the name, not Python's hash(): the same value in every process and on every machine.
+    return zlib.crc32(flow.name.encode()) / 2**32
 
 
 def _duration(flow: FlowView) -> float:

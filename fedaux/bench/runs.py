@@ -1,0 +1,147 @@
+"""Running the benchmark's experiments: one process per run slot, each finished run cached on disk.
+
+A run is identified by its resolved experiment config (output and logging keys aside): the same
+config in two sections (FedAvg on the leaderboard and "main task only" in the ablation) runs once,
+and a benchmark killed half-way restarts with only the runs it had not finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedaux.config import load_config
+
+# Keys that do not change what a run computes: left out of its identity.
+_NOT_IDENTITY = ("output_dir", "logging", "name")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One experiment of the benchmark: a config file, its overrides and a seed."""
+
+    config: str
+    overrides: tuple[str, ...]
+    seed: int
+
+    def load(self) -> DictConfig:
+        return load_config(self.config, [*self.overrides, f"seed={self.seed}", "logging.wandb.mode=disabled",
+                                         "logging.progress=false", "logging.plots=false"])
+
+    def key(self) -> str:
+        """A digest of the resolved config: equal configs share one cached run."""
+        resolved = OmegaConf.to_container(self.load(), resolve=True)
+        for name in _NOT_IDENTITY:
+            resolved.pop(name, None)
+        return hashlib.sha1(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class RunCache:
+    """Finished runs as ``<folder>/<key>.json``, written atomically (a killed run leaves no file)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        path = self.path(key)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def put(self, key: str, result: dict[str, Any]) -> None:
+        tmp = self.path(key).with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, default=float))
+        tmp.replace(self.path(key))
+
+
+def run_quiet(cfg: DictConfig, data=None, energy: bool = True) -> dict[str, Any]:
+    """One federated run with only the measuring callbacks; returns its history and summary."""
+    from fedaux.callbacks import CommunicationTracker, EnergyTracker, RoundTimer
+    from fedaux.train import build_orchestrator
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    energy_cb = EnergyTracker(enabled=energy)
+    orchestrator = build_orchestrator(cfg, data, callbacks=[CommunicationTracker(), RoundTimer(), energy_cb])
+    summary = orchestrator.run()
+    return {"history": orchestrator.history, "summary": summary, "energy_note": energy_cb.reason}
+
+
+class DataCache:
+    """Build each (data config, partition size, seed) once per process and share it across methods."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    def get(self, cfg: DictConfig):
+        from fedaux.data.samples import build_federated_data
+
+        key = json.dumps([OmegaConf.to_container(cfg.data), cfg.federated.base_stations, cfg.federated.edge_servers,
+                          cfg.seed, cfg.model.heads[cfg.model.main_task].target], sort_keys=True)
+        if key not in self._cache:
+            self._cache = {}  # one data set at a time keeps memory flat
+            self._cache[key] = build_federated_data(cfg.data, cfg.federated.base_stations, cfg.federated.edge_servers,
+                                                    cfg.seed, main_target=cfg.model.heads[cfg.model.main_task].target)
+        return self._cache[key]
+
+
+_WORKER_DATA: DataCache | None = None
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    global _WORKER_DATA
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(threads)
+    _WORKER_DATA = DataCache()
+
+
+def _run_one(spec: RunSpec, key: str, cache_dir: str, energy: bool) -> tuple[str, float]:
+    """In a worker process: run ``spec`` and store its result under ``key``."""
+    cfg = spec.load()
+    started = time.perf_counter()
+    result = run_quiet(cfg, _WORKER_DATA.get(cfg) if _WORKER_DATA else None, energy=energy)
+    result["seconds"] = time.perf_counter() - started
+    result["spec"] = {"config": spec.config, "overrides": list(spec.overrides), "seed": spec.seed}
+    RunCache(cache_dir).put(key, result)
+    return key, result["seconds"]
+
+
+def execute(specs: list[RunSpec], cache: RunCache, jobs: int, energy: bool, progress=None) -> dict[RunSpec, dict]:
+    """Every spec's result, running (``jobs`` at a time) only those not in ``cache``.
+
+    Each worker is a fresh process with ``cores // jobs`` torch threads, so runs do not fight
+    over cores; a run's numbers depend only on its config and that thread count.
+    """
+    keys = {spec: spec.key() for spec in specs}
+    todo: dict[str, RunSpec] = {}
+    for spec, key in keys.items():
+        if cache.get(key) is None and key not in todo:
+            todo[key] = spec
+    if progress is not None:
+        progress(len(keys) - len(todo), len(keys), None)
+    if todo:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(threads,)) as pool:
+            futures = [pool.submit(_run_one, spec, key, str(cache.folder), energy) for key, spec in todo.items()]
+            done = len(keys) - len(todo)
+            for future in as_completed(futures):
+                key, _ = future.result()  # a failed run stops the benchmark with its traceback
+                done += 1
+                if progress is not None:
+                    progress(done, len(keys), todo[key])
+    return {spec: cache.get(key) for spec, key in keys.items()}
