@@ -91,3 +91,32 @@ def test_a_resumed_flower_run_equals_an_uninterrupted_one(flower_three_rounds):
                in (("whole", whole), ("resumed", resumed))}
     assert traffic["resumed"] == traffic["whole"] and traffic["whole"]["up"] > 0
     assert resumed.summary["total_MB"] == whole.summary["total_MB"]
+
+
+@pytest.mark.slow  # two Flower simulations (Ray) and two in-process runs: minutes on 2 cores
+@pytest.mark.parametrize("strategy", ["scaffold", "fedper"])
+def test_strategies_with_client_state_match_on_flower(strategy, tmp_path):
+    """SCAFFOLD's control variates and FedPer's personal heads live in each Flower node's
+    Context.state; two rounds on Flower equal two rounds in process."""
+    def cfg(engine):
+        return load_config(REPO / "conf" / "quic.yaml", [
+            f"output_dir={tmp_path / engine}", f"federated.engine={engine}", "federated.rounds=2",
+            f"federated.strategy={strategy}", "federated.base_stations=3", "federated.edge_servers=2",
+            "data.subflows_per_flow=4", "logging.progress=false", "logging.energy=false", "logging.plots=false",
+            "logging.wandb.mode=disabled", "federated.flower.torch_threads=1"])
+
+    flower = run(cfg("flower"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = run(cfg("inprocess"))
+    finally:
+        torch.set_num_threads(threads)
+    _assert_states_close(reference.orchestrator.global_state, flower.orchestrator.global_state)
+    key = reference.orchestrator.strategy.headline_key("traffic_class")
+    for ours, theirs in zip(reference.history, flower.history):
+        assert theirs[key] == pytest.approx(ours[key], abs=1e-6)
+        assert theirs["comm/bytes_up"] == ours["comm/bytes_up"]
+    if strategy == "scaffold":
+        for name, c in reference.orchestrator.strategy.control.items():
+            assert (c - flower.orchestrator.strategy.control[name]).abs().max() <= 1e-4, name

@@ -7,8 +7,8 @@ import copy
 import lightning as L
 import pytest
 import torch
-
 from fedaux.callbacks import CommunicationTracker
+
 from fedaux.config import load_config
 from fedaux.federated.aggregation import state_nbytes
 from fedaux.federated.client import train_client

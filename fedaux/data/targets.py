@@ -12,10 +12,9 @@ import path::
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
-import zlib
 
 import numpy as np
 

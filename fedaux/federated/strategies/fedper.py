@@ -10,9 +10,6 @@ its base stations' own models (``personal/acc/*`` on the global held-out flows a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from fedaux.federated.strategies.base import STRATEGIES, State, Strategy, _cpu_state
 
 LOCAL_PREFIXES = ("heads.",)  # state-dict entries that stay on the base station

@@ -13,6 +13,7 @@ No method here is written by hand: each class only picks torchjd's aggregator.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -100,6 +101,14 @@ class NashMTL(GradientAggregation):
 
     def make_aggregator(self):
         return jd.NashMTL(n_tasks=len(self.tasks))
+
+    def backward(self, losses, features, shared_params, task_params):
+        # cvxpy warns on every solve that torchjd's problem is not DPP (so not cached) and about
+        # zero rows (a batch with no main labels); the weights are still finite (tested).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"cvxpy\..*")
+            warnings.filterwarnings("ignore", module=r"torchjd\..*")
+            return super().backward(losses, features, shared_params, task_params)
 
 
 @WEIGHTINGS.register("upgrad")

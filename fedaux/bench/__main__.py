@@ -1,0 +1,5 @@
+"""``python -m fedaux.bench`` (the scale points run this way, one process each)."""
+
+from fedaux.bench import main
+
+main()
