@@ -24,7 +24,7 @@ ALL = ["fedavg", "fedprox", "scaffold", "fedavgm", "fedadam", "fedper", "fedrep"
 
 def _cfg(tmp_path, *overrides, rounds=2):
     return load_config(REPO / "conf" / "quic.yaml", [
-        f"output_dir={tmp_path}", "data.subflows_per_flow=4", f"federated.rounds={rounds}",
+        f"output_dir={tmp_path}", "data.subflows_per_flow=2", f"federated.rounds={rounds}",
         "federated.base_stations=3", "federated.edge_servers=2", "logging.progress=false", "logging.energy=false",
         "logging.plots=false", "logging.wandb.mode=disabled", *overrides,
     ])

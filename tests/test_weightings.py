@@ -22,7 +22,7 @@ def _cfg(*overrides):
 
 @pytest.mark.parametrize("name", [*GRADIENT, "famo"])
 def test_each_weighting_trains_two_rounds_by_name_and_logs_its_weights(name, tmp_path):
-    cfg = _cfg(f"output_dir={tmp_path}", f"model.weighting.name={name}", "data.subflows_per_flow=4",
+    cfg = _cfg(f"output_dir={tmp_path}", f"model.weighting.name={name}", "data.subflows_per_flow=2",
                "federated.rounds=2", "federated.base_stations=2", "federated.edge_servers=2", "logging.energy=false",
                "logging.progress=false", "logging.plots=false", "logging.wandb.mode=disabled")
     orchestrator = build_orchestrator(cfg)

@@ -72,7 +72,7 @@ def run_bench(config_path: str, overrides: list[str], only: list[str] | None = N
     bad = [s for s in only or [] if s not in valid]
     if bad:
         raise ConfigError(f"--only {bad[0]!r} is not a section of {config_path}; choose from {valid}")
-    parts = set(only or valid)
+    parts = set(only or bench.default_sections or valid)
     out_dir = Path(bench.output)
     fig_dir = out_dir / "results"
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,9 @@ class BenchConfig:
     energy: bool = False
     confidence: float = 0.95  # of the bootstrap intervals
     alpha: float = 0.05  # significance level of the paired tests
+    # What a plain ``fedaux-bench`` recomputes; the others are kept from the last results.json
+    # until ``--only`` names them. None: every section.
+    default_sections: list[str] | None = None
     leaderboards: dict[str, Board] = field(default_factory=dict)
     ablation: Board | None = None
     sensitivity_board: str = "quic"  # the leaderboard whose method rows the sensitivity sweeps use
@@ -100,6 +103,9 @@ def load_bench_config(path: str | Path, overrides: list[str] = ()) -> tuple[Dict
         for role in ("baseline", "reference"):
             if board[role] is not None and board[role] not in board.methods:
                 raise ConfigError(f"{path}: {name}.{role}={board[role]!r} is not one of its methods {list(board.methods)}")
+    for name in cfg.default_sections or []:
+        if name not in sections(cfg):
+            raise ConfigError(f"{path}: default_sections: {name!r} is not a section; choose from {sections(cfg)}")
     if cfg.jobs < 1:
         raise ConfigError(f"{path}: jobs={cfg.jobs} must be >= 1")
     if cfg.sensitivity and cfg.sensitivity_board not in cfg.leaderboards:
