@@ -70,18 +70,20 @@ class MetricsWriter(RoundCallback):
         (self.run_dir / "summary.json").write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2))
         torch.save(orchestrator.global_state, self.run_dir / "model.pt")
         if self.plots and orchestrator.history:
-            plot_accuracy(orchestrator.history, self.main_task, self.run_dir / "accuracy.png")
+            plot_accuracy(orchestrator.history, self.main_task, self.run_dir / "accuracy.png",
+                          orchestrator.strategy.headline_key(self.main_task))
 
 
-def plot_accuracy(history: list[dict[str, Any]], main_task: str, path: Path) -> None:
-    """Main-task accuracy against rounds and against cumulative MB sent, side by side."""
+def plot_accuracy(history: list[dict[str, Any]], main_task: str, path: Path, key: str | None = None) -> None:
+    """Main-task accuracy (``key``, by default ``val/acc/<main_task>``) against rounds and against
+    cumulative MB sent, side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rounds = [r["round"] for r in history]
-    acc = [r[f"val/acc/{main_task}"] for r in history]
+    acc = [r[key or f"val/acc/{main_task}"] for r in history]
     mb = [r.get("comm/cum_bytes_total", 0) / 1e6 for r in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     left.plot(rounds, acc, marker=".")

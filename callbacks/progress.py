@@ -37,7 +37,7 @@ class RoundProgressBar(RoundCallback):
     def on_round_end(self, orchestrator, rnd: int, record: dict[str, Any]) -> None:
         if self._progress is None:
             return
-        acc = record.get(f"val/acc/{self.main_task}", float("nan"))
+        acc = record.get(orchestrator.strategy.headline_key(self.main_task), float("nan"))
         mb = record.get("comm/cum_bytes_total", 0) / 1e6
         self._progress.update(self._task, completed=rnd, status=f"acc {acc:.3f}  {mb:,.1f} MB")
 
