@@ -8,10 +8,11 @@ import yaml
 from fedaux.config import ConfigError, config_keys, load_config
 from tests.conftest import REPO
 
-CONFIGS = sorted(p for p in (REPO / "conf").glob("*.yaml") if p.name not in ("sweep.yaml",) and not p.name.startswith("bench"))
+CONFIGS = sorted(p for p in [*(REPO / "conf").glob("*.yaml"), *(REPO / "conf" / "ablation").glob("*.yaml")]
+                 if p.name not in ("sweep.yaml",) and not p.name.startswith("bench"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "conf")))
 def test_every_config_file_loads_and_builds_a_model(path):
     from fedaux.model import build_model
 
@@ -80,3 +81,19 @@ def test_every_swept_parameter_is_a_config_key():
                 "federated.base_stations", "federated.edge_servers", "federated.fraction", "federated.local_epochs",
                 "federated.batch_size", "federated.engine"]
     assert set(required) <= keys
+
+
+def test_the_bench_config_names_real_configs_and_sections():
+    from fedaux.bench.config import load_bench_config, sections
+
+    bench, _ = load_bench_config(REPO / "conf" / "bench.yaml")
+    assert set(bench.default_sections) <= set(sections(bench))
+    assert bench.leaderboards.quic.baseline == "fedavg" and bench.leaderboards.quic.reference == "fedauxhmtl"
+
+
+def test_ablation_changes_only_the_auxiliary_heads():
+    both = load_config(REPO / "conf" / "quic.yaml")
+    for name in ("bandwidth_only", "duration_only", "unrelated"):
+        cfg = load_config(REPO / "conf" / "ablation" / f"{name}.yaml")
+        assert cfg.federated == both.federated and cfg.model.weighting == both.model.weighting
+        assert cfg.model.trunk == both.model.trunk and cfg.data.labeled_fraction == both.data.labeled_fraction
