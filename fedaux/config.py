@@ -130,6 +130,16 @@ class FlowerConfig:
 
 
 @dataclass
+class CompressionConfig:
+    """How updates travel (fedaux/federated/compression.py); ``none`` sends float32 as before."""
+
+    uplink: str = "none"  # base station -> edge server, a CODECS name: none | fp16 | int8 | topk
+    downlink: str = "none"  # global state to the edge servers and base stations: none | fp16 | int8
+    topk_fraction: float = 0.01  # topk: share of each tensor's entries sent
+    error_feedback: bool = True  # uplink: add what compression dropped to the next round's update
+
+
+@dataclass
 class FederatedConfig:
     engine: str = "inprocess"  # an ENGINES name: inprocess | flower
     rounds: int = 30
@@ -153,6 +163,7 @@ class FederatedConfig:
     head_epochs: int = 1  # fedrep: epochs on the heads alone before the trunk's local_epochs
     aggregation: str = "fedavg"  # an AGGREGATION_RULES name: fedavg | median | trimmed_mean (at the edge tier)
     trim_fraction: float = 0.1  # trimmed_mean: share dropped at each end
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     flower: FlowerConfig = field(default_factory=FlowerConfig)  # used when engine is flower
 
 
@@ -209,6 +220,7 @@ def choices() -> dict[str, list[str]]:
     from fedaux.data.sources import format_names
     from fedaux.federated.aggregation import AGGREGATION_RULES
     from fedaux.federated.client import ACCELERATORS
+    from fedaux.federated.compression import CODECS
     from fedaux.federated.engines import ENGINES
     from fedaux.federated.strategies import STRATEGIES
     from fedaux.model.optimizers import OPTIMIZERS
@@ -228,6 +240,8 @@ def choices() -> dict[str, list[str]]:
         "federated.engine": ENGINES.names(),
         "federated.aggregation": AGGREGATION_RULES.names(),
         "federated.strategy": STRATEGIES.names(),
+        "federated.compression.uplink": CODECS.names(),
+        "federated.compression.downlink": [n for n in CODECS.names() if n != "topk"],
         "trainer.accelerator": list(ACCELERATORS),
         "logging.wandb.mode": list(WANDB_MODES),
     }
@@ -335,11 +349,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def validate(cfg: DictConfig) -> None:
     """Checks the schema's types cannot express: choices, ranges and cross-references."""
+    if cfg.federated.compression.downlink == "topk":
+        raise ConfigError("federated.compression.downlink='topk' is not supported: decoding a top-k global update needs "
+                          "the previous global state, which base stations sampled out of a round lack; choose none, "
+                          "fp16 or int8 (topk is an uplink codec)")
     for key, valid in choices().items():
         value = OmegaConf.select(cfg, key)
         for item in (value if OmegaConf.is_list(value) else [value]):
             if item not in valid:
                 raise ConfigError(f"{key}={item!r} is not valid; choose one of {valid}")
+    fraction = cfg.federated.compression.topk_fraction
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"federated.compression.topk_fraction={fraction} must be in (0, 1]")
     if cfg.data.capture.idle_timeout_s <= 0:
         raise ConfigError(f"data.capture.idle_timeout_s={cfg.data.capture.idle_timeout_s} must be > 0")
     from fedaux.data.flow_filter import compile_filter

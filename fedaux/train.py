@@ -15,6 +15,7 @@ from fedaux.callbacks.checkpoint import load_checkpoint, restore
 from fedaux.config import ConfigError, load_config_text
 from fedaux.data.samples import FederatedData, build_federated_data
 from fedaux.federated.client import TrainerOptions
+from fedaux.federated.compression import Compression
 from fedaux.federated.engines import ENGINES, Engine
 from fedaux.federated.hooks import RoundCallback, build_callback
 from fedaux.federated.orchestrator import FederatedOrchestrator
@@ -83,7 +84,7 @@ def build_orchestrator(cfg: DictConfig, data: FederatedData | None = None,
         gradient_clip_val=fed.gradient_clip_val, eval_batch_size=fed.eval_batch_size, callbacks=callbacks,
         client_timeout_s=fed.client_timeout_s, min_clients=fed.min_clients, update_norm_bound=fed.update_norm_bound,
         aggregation=fed.aggregation, trim_fraction=fed.trim_fraction, trainer_options=trainer_options,
-        strategy=build_strategy(fed, model),
+        strategy=build_strategy(fed, model), compression=Compression.from_config(fed.compression),
     )
 
 

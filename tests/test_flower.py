@@ -94,16 +94,21 @@ def test_a_resumed_flower_run_equals_an_uninterrupted_one(flower_three_rounds):
 
 
 @pytest.mark.slow  # two Flower simulations (Ray) and two in-process runs: minutes on 2 cores
-@pytest.mark.parametrize("strategy", ["scaffold", "fedper"])
-def test_strategies_with_client_state_match_on_flower(strategy, tmp_path):
-    """SCAFFOLD's control variates and FedPer's personal heads live in each Flower node's
-    Context.state; two rounds on Flower equal two rounds in process."""
+@pytest.mark.parametrize("strategy, extra", [
+    ("scaffold", []), ("fedper", []),
+    ("fedavg", ["federated.compression.uplink=topk", "federated.compression.topk_fraction=0.1",
+                "federated.compression.downlink=int8"]),
+], ids=["scaffold", "fedper", "compressed"])
+def test_strategies_with_client_state_match_on_flower(strategy, extra, tmp_path):
+    """SCAFFOLD's control variates, FedPer's personal heads and the uplink's error-feedback
+    residuals live in each Flower node's Context.state, and Flower carries the compressed arrays;
+    two rounds on Flower equal two rounds in process."""
     def cfg(engine):
         return load_config(REPO / "conf" / "quic.yaml", [
             f"output_dir={tmp_path / engine}", f"federated.engine={engine}", "federated.rounds=2",
             f"federated.strategy={strategy}", "federated.base_stations=3", "federated.edge_servers=2",
             "data.subflows_per_flow=4", "logging.progress=false", "logging.energy=false", "logging.plots=false",
-            "logging.wandb.mode=disabled", "federated.flower.torch_threads=1"])
+            "logging.wandb.mode=disabled", "federated.flower.torch_threads=1", *extra])
 
     flower = run(cfg("flower"))
     threads = torch.get_num_threads()
@@ -117,6 +122,8 @@ def test_strategies_with_client_state_match_on_flower(strategy, tmp_path):
     for ours, theirs in zip(reference.history, flower.history):
         assert theirs[key] == pytest.approx(ours[key], abs=1e-6)
         assert theirs["comm/bytes_up"] == ours["comm/bytes_up"]
+        # What Flower serialised is what fedaux counted, plus Flower's framing.
+        assert ours[f"comm/bytes_up/{TIER_EDGE}"] < theirs["comm/flower_bytes_up"] <= 1.05 * ours[f"comm/bytes_up/{TIER_EDGE}"]
     if strategy == "scaffold":
         for name, c in reference.orchestrator.strategy.control.items():
             assert (c - flower.orchestrator.strategy.control[name]).abs().max() <= 1e-4, name

@@ -22,6 +22,7 @@ import torch
 from fedaux.data.datamodule import ClientDataModule, HeldOutDataModule
 from fedaux.data.samples import SampleSet
 from fedaux.errors import ConfigError
+from fedaux.federated.compression import UplinkCompression
 from fedaux.federated.strategies import Strategy
 from fedaux.labels import IGNORE_INDEX
 from fedaux.model.module import MultiTaskModule
@@ -187,6 +188,7 @@ def train_client(
     local_state: dict[str, torch.Tensor] | None = None,
     initial_state: dict[str, torch.Tensor] | None = None,
     test: SampleSet | None = None,
+    compression: UplinkCompression | None = None,
 ) -> ClientFit:
     """Start ``model`` from ``payload`` (and the base station's ``local_state``), fit it on
     ``samples`` and return what the strategy uploads and keeps.
@@ -194,7 +196,9 @@ def train_client(
     The upload is on the CPU whatever device the fit used, so aggregation and byte counts are the
     same on any device. ``initial_state`` (the model's seeded initial weights) fills entries that
     neither the payload nor the local state has, e.g. personal heads on their first round;
-    ``test`` (the held-out flows) is scored by personalised strategies' local models.
+    ``test`` (the held-out flows) is scored by personalised strategies' local models. With an
+    active uplink ``compression`` the upload is the encoded update (``<name>#<part>`` entries) and
+    the local state gains the error-feedback residuals.
     """
     strategy = strategy or Strategy([n for n, _ in model.named_parameters()])
     local_state = local_state or {}
@@ -215,6 +219,9 @@ def train_client(
     if strategy.personalised and test is not None:
         metrics.update(personal_scores(model, test, samples))
     upload, kept = strategy.client_upload(model, payload, local_state, method_callbacks)
+    if compression is not None and compression.active:
+        upload, residuals = compression.encode(upload, payload, local_state)
+        kept = {**kept, **residuals}
     return ClientFit(upload, kept, metrics, seconds)
 
 

@@ -90,6 +90,7 @@ def _local_samples(yaml_text: str, data_root: str, client: int, class_names: tup
 def _model(yaml_text: str, target_classes_json: str):
     """The model, its seeded initial state (equal to the server's: same code, same seed) and the strategy."""
     from fedaux.federated.client import cpu_state
+    from fedaux.federated.compression import Compression
     from fedaux.federated.strategies import build_strategy
     from fedaux.model import build_model
 
@@ -97,7 +98,7 @@ def _model(yaml_text: str, target_classes_json: str):
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, json.loads(target_classes_json), cfg.data.packets, len(cfg.data.features))
-    return model, cpu_state(model), build_strategy(cfg.federated, model)
+    return model, cpu_state(model), build_strategy(cfg.federated, model), Compression.from_config(cfg.federated.compression)
 
 
 LOCAL_STATE = "fedaux-local"  # the node's Context.state record holding what its base station keeps
@@ -141,17 +142,18 @@ def train(msg: Message, context: Context) -> Message:
     if int(config.get("torch-threads", 0)) > 0:
         torch.set_num_threads(int(config["torch-threads"]))
     client, samples = _samples_for(context, config)
-    model, initial_state, strategy = _model(yaml_text, str(config["target-classes"]))
+    model, initial_state, strategy, compression = _model(yaml_text, str(config["target-classes"]))
     rnd = int(config["server-round"])
     fed = cfg.federated
     # What this base station kept from its previous rounds (personal heads, control variates).
     local_state = from_record(context.state[LOCAL_STATE]) if LOCAL_STATE in context.state else {}
     test = _simulated_data(yaml_text).test if _client_identity(context, config)[1] is None else None
     fit = train_client(
-        model, samples, from_record(msg.content[ARRAYS]), local_epochs=fed.local_epochs, batch_size=fed.batch_size,
+        model, samples, compression.receive_down(from_record(msg.content[ARRAYS])), local_epochs=fed.local_epochs,
+        batch_size=fed.batch_size,
         seed=derived_seed(cfg.seed, rnd, client), gradient_clip_val=fed.gradient_clip_val,
         trainer_options=TrainerOptions.from_config(cfg.trainer), strategy=strategy, local_state=local_state,
-        initial_state=initial_state, test=test,
+        initial_state=initial_state, test=test, compression=compression.uplink,
     )
     if fit.local_state:
         context.state[LOCAL_STATE] = to_record(fit.local_state)
@@ -226,8 +228,9 @@ class TwoTierFedAvgStrategy(Strategy):
         rnd = self.round_offset + server_round
         clients = self.orchestrator.start_round(rnd)
         self._selected = list(clients)
-        # The strategy's payload (the whole model, the trunk only, or the model and control variates).
-        arrays = to_record(self.orchestrator.payload)
+        # The strategy's payload (the whole model, the trunk only, or the model and control
+        # variates), as encoded by the downlink codec.
+        arrays = to_record(self.orchestrator.downlink_wire)
         record = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({**self.base_config, "server-round": rnd})})
         self.traffic.down = flower_nbytes(record) * len(clients)
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.node_of_client[c])

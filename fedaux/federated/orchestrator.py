@@ -19,6 +19,7 @@ import numpy as np
 from fedaux.data.samples import FederatedData
 from fedaux.federated.aggregation import TwoTierAggregator, state_nbytes
 from fedaux.federated.client import GlobalEvaluator, TrainerOptions, cpu_state, derived_seed, train_client
+from fedaux.federated.compression import Compression
 from fedaux.federated.errors import ClientTimeout, NotEnoughClients
 from fedaux.federated.hooks import ClientUpdate, RoundAggregate, RoundCallback
 from fedaux.federated.strategies import Strategy
@@ -99,6 +100,7 @@ class FederatedOrchestrator:
         trim_fraction: float = 0.1,
         trainer_options: TrainerOptions | None = None,
         strategy: Strategy | None = None,
+        compression: Compression | None = None,
     ) -> None:
         self.model, self.data = model, data
         self.rounds, self.local_epochs, self.batch_size = rounds, local_epochs, batch_size
@@ -114,7 +116,9 @@ class FederatedOrchestrator:
         self.initial_state = cpu_state(model)  # seeded initial weights: personal heads start here
         self.strategy = strategy or Strategy([n for n, _ in model.named_parameters()])
         self.client_states: dict[int, dict[str, Any]] = {}  # what each base station keeps between rounds
-        self._payload: dict[str, Any] = {}
+        self.compression = compression or Compression()
+        self._payload: dict[str, Any] = {}  # what the base stations start from (decoded downlink)
+        self._downlink_wire: dict[str, Any] = {}  # what is sent down (the payload, encoded)
         self.evaluator = GlobalEvaluator(model, data.test, eval_batch_size, self.trainer_options)
         self.history: list[dict[str, Any]] = []
         self.completed_rounds = 0
@@ -131,8 +135,14 @@ class FederatedOrchestrator:
 
     @property
     def payload(self) -> dict[str, Any]:
-        """What the strategy sends every selected base station this round (set by :meth:`start_round`)."""
+        """What every selected base station starts from this round (set by :meth:`start_round`): the
+        strategy's downlink, as the base stations decode it."""
         return self._payload
+
+    @property
+    def downlink_wire(self) -> dict[str, Any]:
+        """The arrays actually sent down this round (the payload, encoded by the downlink codec)."""
+        return self._downlink_wire
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -178,6 +188,7 @@ class FederatedOrchestrator:
                 seed=derived_seed(self.seed, rnd, client), gradient_clip_val=self.gradient_clip_val,
                 callbacks=self.lightning_callbacks, trainer_options=self.trainer_options, strategy=self.strategy,
                 local_state=self.client_states.get(client), initial_state=self.initial_state, test=self.data.test,
+                compression=self.compression.uplink,
             )
 
         self._call("on_client_start", rnd, client)
@@ -190,7 +201,7 @@ class FederatedOrchestrator:
         """Pick the round's base stations, open a fresh aggregator and call ``on_round_start``."""
         clients = select_clients(self.seed, rnd, len(self.data.clients), self.fraction)
         self._aggregator = TwoTierAggregator(self.data.partition.edge_of_client, self.aggregation, self.trim_fraction)
-        self._payload = self.strategy.downlink(self.global_state)
+        self._downlink_wire, self._payload = self.compression.send_down(self.strategy.downlink(self.global_state))
         self._received: list[ClientUpdate] = []
         self._dropped: list[tuple[int, str]] = []
         self._call("on_round_start", rnd, clients)
@@ -199,11 +210,18 @@ class FederatedOrchestrator:
     def receive(self, rnd: int, update: ClientUpdate) -> None:
         """Take one client's update: validate it, call the hooks, fold it into the aggregate and drop
         its state, so a round holds one state per edge server however many base stations there are."""
+        nbytes = state_nbytes(update.state) if update.state else 0  # as sent: after compression
+        if self.compression.uplink.active and update.state:
+            try:
+                update.state = self.compression.uplink.decode(update.state, self._payload)
+            except (KeyError, RuntimeError, ValueError) as err:
+                self.drop(rnd, update.client, f"update rejected: its compressed arrays do not decode ({err!r})")
+                return
         problem = update_problem(update.state, self._payload, self.update_norm_bound)
         if problem is not None:
             self.drop(rnd, update.client, f"update rejected: {problem}")
             return
-        update.nbytes = state_nbytes(update.state)
+        update.nbytes = nbytes
         self._call("on_client_done", rnd, update)
         self._aggregator.add(update.client, update.state, update.num_samples)
         update.state = {}
@@ -239,7 +257,7 @@ class FederatedOrchestrator:
                                                  len(self.data.clients))
         # The strategy's payload goes down to every participating edge server and base station; each
         # base station's upload goes up to its edge server, and each edge server's average to the top.
-        down_nbytes = state_nbytes(self._payload)
+        down_nbytes = state_nbytes(self._downlink_wire)
         down = {TIER_TOP: down_nbytes * len(result.edge_states), TIER_EDGE: down_nbytes * len(updates)}
         up = {
             TIER_EDGE: sum(u.nbytes for u in updates),
