@@ -168,6 +168,17 @@ class FederatedConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Client-level differential privacy (fedaux/federated/privacy.py)."""
+
+    mode: str = "none"  # none | central (noise at the edge servers) | local (noise at each base station)
+    clip_norm: float = 1.0  # L2 bound on each base station's update
+    noise_multiplier: float = 1.0  # noise std over clip_norm
+    delta: float = 1e-5  # epsilon is reported at this delta
+    max_epsilon: float | None = None  # stop before a round would take epsilon above it
+
+
+@dataclass
 class WandbConfig:
     mode: str = "offline"  # offline | online | disabled
     project: str = "fedaux"
@@ -204,6 +215,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -222,6 +234,7 @@ def choices() -> dict[str, list[str]]:
     from fedaux.federated.client import ACCELERATORS
     from fedaux.federated.compression import CODECS
     from fedaux.federated.engines import ENGINES
+    from fedaux.federated.privacy import PRIVACY_MODES
     from fedaux.federated.strategies import STRATEGIES
     from fedaux.model.optimizers import OPTIMIZERS
     from fedaux.model.trunk import NORMS
@@ -240,6 +253,7 @@ def choices() -> dict[str, list[str]]:
         "federated.engine": ENGINES.names(),
         "federated.aggregation": AGGREGATION_RULES.names(),
         "federated.strategy": STRATEGIES.names(),
+        "privacy.mode": list(PRIVACY_MODES),
         "federated.compression.uplink": CODECS.names(),
         "federated.compression.downlink": [n for n in CODECS.names() if n != "topk"],
         "trainer.accelerator": list(ACCELERATORS),
@@ -361,6 +375,9 @@ def validate(cfg: DictConfig) -> None:
     fraction = cfg.federated.compression.topk_fraction
     if not 0 < fraction <= 1:
         raise ConfigError(f"federated.compression.topk_fraction={fraction} must be in (0, 1]")
+    if cfg.privacy.mode == "central" and cfg.federated.aggregation != "fedavg":
+        raise ConfigError(f"privacy.mode=central needs federated.aggregation=fedavg (got "
+                          f"{cfg.federated.aggregation!r}): the noise is calibrated to one update's weight in an average")
     if cfg.data.capture.idle_timeout_s <= 0:
         raise ConfigError(f"data.capture.idle_timeout_s={cfg.data.capture.idle_timeout_s} must be > 0")
     from fedaux.data.flow_filter import compile_filter

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from fedaux.callbacks import CommunicationTracker
+
 from fedaux.config import ConfigError, load_config
 from fedaux.federated.compression import RESIDUAL, SEP, Half, Int8, TopK, UplinkCompression, decode_state, encode_state
 from fedaux.federated.orchestrator import TIER_EDGE, TIER_TOP

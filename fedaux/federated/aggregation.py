@@ -105,6 +105,11 @@ class StreamingAverage:
             self._heaviest = weight
         self.weight += weight
 
+    @property
+    def heaviest(self) -> float:
+        """The largest single weight added (bounds one state's influence on the average)."""
+        return self._heaviest
+
     def result(self) -> State:
         if not self._dtypes or self.weight <= 0:
             raise ValueError("cannot average zero states (or states of total weight zero)")
@@ -197,10 +202,18 @@ class TwoTierAggregator:
             self._edges[edge] = self._make_rule(**self._options)
         self._edges[edge].add(state, num_samples)
 
-    def result(self) -> TwoTierResult:
+    def result(self, edge_transform: Callable[[int, State, EdgeRule], State] | None = None) -> TwoTierResult:
+        """The edge servers' states and their sample-weighted average.
+
+        Args:
+            edge_transform: applied to each edge server's state before it goes up, with the edge
+                and its rule (central differential privacy adds its noise here).
+        """
         if not self._edges:
             raise ValueError("no client state was received this round")
         edge_states = {edge: avg.result() for edge, avg in sorted(self._edges.items())}
+        if edge_transform is not None:
+            edge_states = {edge: edge_transform(edge, state, self._edges[edge]) for edge, state in edge_states.items()}
         edge_samples = {edge: int(avg.weight) for edge, avg in sorted(self._edges.items())}
         top = StreamingAverage()
         for edge, state in edge_states.items():

@@ -23,6 +23,7 @@ from fedaux.data.datamodule import ClientDataModule, HeldOutDataModule
 from fedaux.data.samples import SampleSet
 from fedaux.errors import ConfigError
 from fedaux.federated.compression import UplinkCompression
+from fedaux.federated.privacy import ClientLevelDP
 from fedaux.federated.strategies import Strategy
 from fedaux.labels import IGNORE_INDEX
 from fedaux.model.module import MultiTaskModule
@@ -189,6 +190,7 @@ def train_client(
     initial_state: dict[str, torch.Tensor] | None = None,
     test: SampleSet | None = None,
     compression: UplinkCompression | None = None,
+    privacy: ClientLevelDP | None = None,
 ) -> ClientFit:
     """Start ``model`` from ``payload`` (and the base station's ``local_state``), fit it on
     ``samples`` and return what the strategy uploads and keeps.
@@ -219,6 +221,8 @@ def train_client(
     if strategy.personalised and test is not None:
         metrics.update(personal_scores(model, test, samples))
     upload, kept = strategy.client_upload(model, payload, local_state, method_callbacks)
+    if privacy is not None:  # local DP: clip and noise before the update leaves (then compression)
+        upload = privacy.at_client(upload, payload, seed)
     if compression is not None and compression.active:
         upload, residuals = compression.encode(upload, payload, local_state)
         kept = {**kept, **residuals}

@@ -91,6 +91,7 @@ def _model(yaml_text: str, target_classes_json: str):
     """The model, its seeded initial state (equal to the server's: same code, same seed) and the strategy."""
     from fedaux.federated.client import cpu_state
     from fedaux.federated.compression import Compression
+    from fedaux.federated.privacy import ClientLevelDP
     from fedaux.federated.strategies import build_strategy
     from fedaux.model import build_model
 
@@ -98,7 +99,8 @@ def _model(yaml_text: str, target_classes_json: str):
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, json.loads(target_classes_json), cfg.data.packets, len(cfg.data.features))
-    return model, cpu_state(model), build_strategy(cfg.federated, model), Compression.from_config(cfg.federated.compression)
+    return (model, cpu_state(model), build_strategy(cfg.federated, model), Compression.from_config(cfg.federated.compression),
+            ClientLevelDP.from_config(cfg.privacy))
 
 
 LOCAL_STATE = "fedaux-local"  # the node's Context.state record holding what its base station keeps
@@ -142,7 +144,7 @@ def train(msg: Message, context: Context) -> Message:
     if int(config.get("torch-threads", 0)) > 0:
         torch.set_num_threads(int(config["torch-threads"]))
     client, samples = _samples_for(context, config)
-    model, initial_state, strategy, compression = _model(yaml_text, str(config["target-classes"]))
+    model, initial_state, strategy, compression, privacy = _model(yaml_text, str(config["target-classes"]))
     rnd = int(config["server-round"])
     fed = cfg.federated
     # What this base station kept from its previous rounds (personal heads, control variates).
@@ -154,6 +156,7 @@ def train(msg: Message, context: Context) -> Message:
         seed=derived_seed(cfg.seed, rnd, client), gradient_clip_val=fed.gradient_clip_val,
         trainer_options=TrainerOptions.from_config(cfg.trainer), strategy=strategy, local_state=local_state,
         initial_state=initial_state, test=test, compression=compression.uplink,
+        privacy=privacy if privacy is not None and privacy.mode == "local" else None,
     )
     if fit.local_state:
         context.state[LOCAL_STATE] = to_record(fit.local_state)
@@ -278,7 +281,7 @@ def flower_driver(grid: Grid, experiment_yaml: str, traffic: FlowerTraffic, torc
     def drive(orchestrator: FederatedOrchestrator) -> None:
         if traffic not in orchestrator.callbacks:
             raise ValueError("the FlowerTraffic counter must be among the orchestrator's callbacks (FlowerEngine.callbacks)")
-        remaining = orchestrator.rounds - orchestrator.completed_rounds
+        remaining = orchestrator.rounds_to_run()  # fewer than left when the privacy budget ends the run
         if remaining <= 0:
             return
         strategy = TwoTierFedAvgStrategy(orchestrator, experiment_yaml, traffic, torch_threads,

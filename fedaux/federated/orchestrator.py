@@ -22,6 +22,7 @@ from fedaux.federated.client import GlobalEvaluator, TrainerOptions, cpu_state, 
 from fedaux.federated.compression import Compression
 from fedaux.federated.errors import ClientTimeout, NotEnoughClients
 from fedaux.federated.hooks import ClientUpdate, RoundAggregate, RoundCallback
+from fedaux.federated.privacy import ClientLevelDP
 from fedaux.federated.strategies import Strategy
 from fedaux.federated.validation import update_problem
 from fedaux.model.module import MultiTaskModule
@@ -101,6 +102,7 @@ class FederatedOrchestrator:
         trainer_options: TrainerOptions | None = None,
         strategy: Strategy | None = None,
         compression: Compression | None = None,
+        privacy: ClientLevelDP | None = None,
     ) -> None:
         self.model, self.data = model, data
         self.rounds, self.local_epochs, self.batch_size = rounds, local_epochs, batch_size
@@ -117,6 +119,8 @@ class FederatedOrchestrator:
         self.strategy = strategy or Strategy([n for n, _ in model.named_parameters()])
         self.client_states: dict[int, dict[str, Any]] = {}  # what each base station keeps between rounds
         self.compression = compression or Compression()
+        self.privacy = privacy
+        self.stop_reason: str | None = None  # set when the run ends early by design (privacy budget)
         self._payload: dict[str, Any] = {}  # what the base stations start from (decoded downlink)
         self._downlink_wire: dict[str, Any] = {}  # what is sent down (the payload, encoded)
         self.evaluator = GlobalEvaluator(model, data.test, eval_batch_size, self.trainer_options)
@@ -157,6 +161,7 @@ class FederatedOrchestrator:
             "history": list(self.history),
             "rejections": dict(self.rejections),
             "strategy": self.strategy.state_dict(),
+            "privacy": self.privacy.state_dict() if self.privacy is not None else {},
             "client_states": dict(self.client_states),
             "callbacks": {cb.state_key: state for cb in self.callbacks if (state := cb.state_dict())},
         }
@@ -168,6 +173,8 @@ class FederatedOrchestrator:
         self.history = list(state["history"])
         self.rejections = {int(k): int(v) for k, v in state["rejections"].items()}
         self.strategy.load_state_dict(state.get("strategy", {}))
+        if self.privacy is not None:
+            self.privacy.load_state_dict(state.get("privacy", {}))
         self.client_states = {int(k): {n: t.detach().to("cpu") for n, t in v.items()}
                               for k, v in state.get("client_states", {}).items()}
         saved = state["callbacks"]
@@ -188,7 +195,7 @@ class FederatedOrchestrator:
                 seed=derived_seed(self.seed, rnd, client), gradient_clip_val=self.gradient_clip_val,
                 callbacks=self.lightning_callbacks, trainer_options=self.trainer_options, strategy=self.strategy,
                 local_state=self.client_states.get(client), initial_state=self.initial_state, test=self.data.test,
-                compression=self.compression.uplink,
+                compression=self.compression.uplink, privacy=self.privacy,
             )
 
         self._call("on_client_start", rnd, client)
@@ -221,6 +228,8 @@ class FederatedOrchestrator:
         if problem is not None:
             self.drop(rnd, update.client, f"update rejected: {problem}")
             return
+        if self.privacy is not None:
+            update.state = self.privacy.clip_at_edge(update.state, self._payload)
         update.nbytes = nbytes
         self._call("on_client_done", rnd, update)
         self._aggregator.add(update.client, update.state, update.num_samples)
@@ -250,8 +259,8 @@ class FederatedOrchestrator:
             self.receive(rnd, update)
         return self.finish_round(rnd)
 
-    def _aggregate(self) -> RoundAggregate:
-        result = self._aggregator.result()
+    def _aggregate(self, rnd: int) -> RoundAggregate:
+        result = self._aggregator.result(self._edge_noise(rnd) if self.privacy is not None else None)
         updates = self._received
         new_global = self.strategy.server_update(self.global_state, result.global_state, len(updates),
                                                  len(self.data.clients))
@@ -278,7 +287,7 @@ class FederatedOrchestrator:
                 f"round {rnd}: {len(self._received)} valid update(s), federated.min_clients={self.min_clients}; "
                 f"stopping after round {self.completed_rounds} (its state is saved). Dropped: {reasons}"
             )
-        aggregate = self._aggregate()
+        aggregate = self._aggregate(rnd)
         updates = self._received
         self.global_state = aggregate.global_state
         self._call("on_aggregated", rnd, aggregate)
@@ -293,6 +302,8 @@ class FederatedOrchestrator:
             present = [u for u in trained if key in u.train_metrics]
             weight = sum(u.num_samples for u in present)
             metrics[key] = sum(u.train_metrics[key] * u.num_samples for u in present) / weight
+        if self.privacy is not None:
+            metrics["privacy/epsilon"] = self.privacy.account(self.sample_rate)
         metrics["clients"] = len(updates)
         metrics["clients/dropped"] = len(self._dropped)
         if self._dropped:
@@ -318,10 +329,15 @@ class FederatedOrchestrator:
         try:
             self._call("on_run_start")
             (drive or FederatedOrchestrator._run_rounds)(self)
-            if self.completed_rounds < self.rounds:
+            if self.completed_rounds < self.rounds and self.stop_reason is None:
                 raise RuntimeError(f"the run stopped after {self.completed_rounds} of {self.rounds} rounds")
             self.summary = summarize(self.history, self.model.main_task, self.target_accuracy,
                                      self.strategy.headline_key(self.model.main_task))
+            if self.privacy is not None:
+                self.summary["privacy_epsilon"] = self.privacy.epsilon()
+                self.summary["privacy_delta"] = self.privacy.delta
+            if self.stop_reason is not None:
+                self.summary["stopped_early"] = self.stop_reason
             self._call("add_to_summary", self.summary)
             self._call("on_run_end", self.summary)
             failed = False
@@ -330,8 +346,45 @@ class FederatedOrchestrator:
             self._call("on_run_teardown", failed)
 
     def _run_rounds(self) -> None:
-        for rnd in range(self.completed_rounds + 1, self.rounds + 1):
+        for rnd in range(self.completed_rounds + 1, self.completed_rounds + self.rounds_to_run() + 1):
             self.run_round(rnd)
+
+    @property
+    def sample_rate(self) -> float:
+        """The share of base stations selected each round (the privacy accountant's sampling rate)."""
+        clients = len(self.data.clients)
+        return max(1, int(round(self.fraction * clients))) / clients
+
+    def rounds_to_run(self) -> int:
+        """The rounds still to run: all remaining ones, or fewer where the next would take epsilon
+        above ``privacy.max_epsilon`` (then :attr:`stop_reason` says so and the run ends cleanly)."""
+        remaining = self.rounds - self.completed_rounds
+        if self.privacy is None or remaining <= 0:
+            return max(remaining, 0)
+        allowed = self.privacy.rounds_within_budget(self.sample_rate, remaining)
+        if allowed < remaining:
+            self.stop_reason = (
+                f"privacy budget: round {self.completed_rounds + allowed + 1} would take epsilon to "
+                f"{_epsilon_after(self.privacy, self.sample_rate, allowed):.3f} > privacy.max_epsilon="
+                f"{self.privacy.max_epsilon:g} (delta {self.privacy.delta:g}); stopped after round "
+                f"{self.completed_rounds + allowed}")
+            log.warning(self.stop_reason)
+        return allowed
+
+    def _edge_noise(self, rnd: int):
+        """Central DP's noise on each edge server's average, seeded by (experiment, round, edge)."""
+        def transform(edge: int, state, rule):
+            share = rule.heaviest / rule.weight
+            return self.privacy.noise_at_edge(state, share, derived_seed(self.seed, rnd, 1_000_000 + edge))
+
+        return transform
+
+
+def _epsilon_after(privacy: ClientLevelDP, sample_rate: float, rounds: int) -> float:
+    trial = copy.deepcopy(privacy)
+    for _ in range(rounds):
+        trial.account(sample_rate)
+    return trial.epsilon_after(sample_rate)
 
 
 def summarize(history: Sequence[dict[str, Any]], main_task: str, target_accuracy: float,

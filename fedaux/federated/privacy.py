@@ -1,0 +1,176 @@
+"""Client-level differential privacy for federated updates, with Opacus' Rényi-DP accountant.
+
+Each base station's update (its new state minus the payload it started from, every float entry,
+BatchNorm statistics and control variates included) is clipped to L2 norm ``clip_norm``, and
+Gaussian noise of standard deviation ``noise_multiplier * clip_norm``, scaled to the largest
+weight's share of the average, is added:
+
+* ``central``: the edge server clips each of its base stations' updates and adds the noise to
+  its sample-weighted average before sending it up. Protects every base station against the top
+  level, other edge servers and anyone who sees the global model; the edge server itself sees the
+  clipped updates and must be trusted.
+* ``local``: each base station clips and noises its own update before it leaves (noise of the
+  same scale on every update). Protects against its edge server too, at the cost of noise that
+  adds up over base stations instead of once per edge server.
+
+Order at a base station: local fit, strategy upload, DP (local mode), then compression, so
+compression only post-processes a private update. At the edge: decode, clip (central), average,
+noise (central).
+
+The accountant (``opacus.accountants.RDPAccountant``, no formula written here) composes one
+sampled Gaussian mechanism per round with sampling rate = the share of base stations taking
+part, and gives the cumulative epsilon at ``delta``. Client-level neighbouring datasets add or
+remove one base station; for ``local`` the noise must also hide a replaced update (sensitivity
+``2 * clip_norm``), so the accountant is given half the noise multiplier.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from fedaux.errors import ConfigError
+
+PRIVACY_MODES = ("none", "central", "local")  # privacy.mode
+State = dict[str, torch.Tensor]
+
+
+def update_norm(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:
+    """L2 norm of ``state - reference`` over the float entries."""
+    return math.sqrt(sum(float((state[k].double() - reference[k].double()).pow(2).sum())
+                         for k in reference if reference[k].is_floating_point()))
+
+
+def clip_update(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], bound: float) -> State:
+    """``reference + (state - reference) * min(1, bound / norm)``; ``state`` itself when within the bound.
+
+    Example:
+        >>> ref = {"w": torch.zeros(2)}
+        >>> clip_update({"w": torch.tensor([3.0, 4.0])}, ref, 1.0)["w"]
+        tensor([0.6000, 0.8000])
+    """
+    norm = update_norm(state, reference)
+    if norm <= bound:
+        return dict(state)
+    factor = bound / norm
+    return {k: (reference[k] + (v - reference[k]) * factor).to(v.dtype) if v.is_floating_point() else v
+            for k, v in state.items()}
+
+
+def add_noise(state: Mapping[str, torch.Tensor], std: float, generator: torch.Generator) -> State:
+    """Gaussian noise of standard deviation ``std`` on every float entry; ``state`` itself when ``std`` is 0."""
+    if std == 0:
+        return dict(state)
+    return {k: v + torch.randn(v.shape, generator=generator, dtype=v.dtype) * std if v.is_floating_point() else v
+            for k, v in state.items()}
+
+
+class ClientLevelDP:
+    """Clipping, noise and the accountant of one experiment (the ``privacy`` config section).
+
+    Args:
+        mode: ``central`` or ``local`` (see the module docstring).
+        clip_norm: L2 bound on each base station's update.
+        noise_multiplier: noise standard deviation over the clipping bound.
+        delta: the delta at which epsilon is reported.
+        max_epsilon: stop before a round would take epsilon above this (None: no limit).
+    """
+
+    def __init__(self, mode: str = "central", clip_norm: float = 1.0, noise_multiplier: float = 1.0,
+                 delta: float = 1e-5, max_epsilon: float | None = None) -> None:
+        if mode not in ("central", "local"):
+            raise ConfigError(f"privacy.mode={mode!r}: client-level DP is 'central' or 'local'")
+        if clip_norm <= 0 or noise_multiplier < 0 or not 0 < delta < 1:
+            raise ConfigError(f"privacy: clip_norm={clip_norm} must be > 0, noise_multiplier={noise_multiplier} >= 0, "
+                              f"delta={delta} in (0, 1)")
+        self.mode, self.clip_norm, self.noise_multiplier = mode, clip_norm, noise_multiplier
+        self.delta, self.max_epsilon = delta, max_epsilon
+        from opacus.accountants import RDPAccountant  # here: Opacus loads slowly and configs import this module
+
+        self.accountant = RDPAccountant()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ClientLevelDP | None:
+        """None for ``mode: none``."""
+        if cfg is None or cfg.mode == "none":
+            return None
+        return cls(cfg.mode, cfg.clip_norm, cfg.noise_multiplier, cfg.delta, cfg.max_epsilon)
+
+    # ------------------------------------------------------------------ mechanisms
+    def at_client(self, upload: State, payload: Mapping[str, torch.Tensor], seed: int) -> State:
+        """Local mode: clip the update and add noise before it leaves the base station."""
+        if self.mode != "local":
+            return upload
+        clipped = clip_update(upload, payload, self.clip_norm)
+        return add_noise(clipped, self.noise_multiplier * self.clip_norm, _generator(seed))
+
+    def clip_at_edge(self, state: State, payload: Mapping[str, torch.Tensor]) -> State:
+        """Central mode: the edge server clips each base station's update as it arrives."""
+        return clip_update(state, payload, self.clip_norm) if self.mode == "central" else state
+
+    def noise_at_edge(self, edge_state: State, max_weight_share: float, seed: int) -> State:
+        """Central mode: noise on an edge server's weighted average; the largest share of the
+        weights bounds how far one base station can move that average."""
+        if self.mode != "central":
+            return edge_state
+        return add_noise(edge_state, self.noise_multiplier * self.clip_norm * max_weight_share, _generator(seed))
+
+    # ------------------------------------------------------------------ accounting
+    @property
+    def _accounted_multiplier(self) -> float:
+        return self.noise_multiplier / 2 if self.mode == "local" else self.noise_multiplier
+
+    def epsilon(self) -> float:
+        """Cumulative epsilon at ``delta`` after the rounds accounted so far (inf with no noise)."""
+        if not self.accountant.history:
+            return 0.0
+        if self.noise_multiplier == 0:
+            return math.inf
+        return float(self.accountant.get_epsilon(self.delta))
+
+    def epsilon_after(self, sample_rate: float) -> float:
+        """Epsilon if one more round were accounted, without accounting it."""
+        if self.noise_multiplier == 0:
+            return math.inf
+        trial = copy.deepcopy(self.accountant)
+        trial.step(noise_multiplier=self._accounted_multiplier, sample_rate=sample_rate)
+        return float(trial.get_epsilon(self.delta))
+
+    def would_exceed(self, sample_rate: float) -> bool:
+        return self.max_epsilon is not None and self.epsilon_after(sample_rate) > self.max_epsilon
+
+    def rounds_within_budget(self, sample_rate: float, wanted: int) -> int:
+        """How many of the next ``wanted`` rounds fit under ``max_epsilon`` (each round takes part of
+        the same share of base stations, so the budget is known before the rounds run)."""
+        if self.max_epsilon is None:
+            return wanted
+        trial = copy.deepcopy(self)
+        for allowed in range(wanted):
+            if trial.would_exceed(sample_rate):
+                return allowed
+            trial.account(sample_rate)
+        return wanted
+
+    def account(self, sample_rate: float) -> float:
+        """Add one round; returns the new cumulative epsilon."""
+        if self.noise_multiplier > 0:
+            self.accountant.step(noise_multiplier=self._accounted_multiplier, sample_rate=sample_rate)
+        else:
+            self.accountant.history.append((0.0, sample_rate, 1))
+        return self.epsilon()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [tuple(h) for h in self.accountant.history]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.accountant.history = [tuple(h) for h in state.get("history", [])]
+
+
+def _generator(seed: int) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    return generator

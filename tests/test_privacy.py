@@ -1,0 +1,95 @@
+"""Client-level differential privacy: clipping, noise, Opacus' accountant, budget and resume."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+
+from fedaux.config import ConfigError, load_config
+from fedaux.federated.hooks import RoundCallback
+from fedaux.federated.privacy import clip_update, update_norm
+from fedaux.train import build_orchestrator
+from tests.conftest import REPO
+
+
+def _cfg(tmp_path, *overrides, rounds=2):
+    return load_config(REPO / "conf" / "quic.yaml", [
+        f"output_dir={tmp_path}", "data.subflows_per_flow=2", f"federated.rounds={rounds}",
+        "federated.base_stations=3", "federated.edge_servers=2", "logging.progress=false", "logging.energy=false",
+        "logging.plots=false", "logging.wandb.mode=disabled", *overrides])
+
+
+class _Updates(RoundCallback):
+    """The states as the edge servers aggregate them, with the payload they started from."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_client_done(self, orchestrator, rnd, update):
+        self.norms.append(update_norm(update.state, orchestrator.payload))
+
+
+def _run(cfg, callbacks=()):
+    orchestrator = build_orchestrator(cfg, callbacks=list(callbacks))
+    orchestrator.run()
+    return orchestrator
+
+
+@pytest.mark.parametrize("mode", ["central", "local"])
+def test_no_noise_and_an_unreached_bound_equal_plain_fedavg_exactly(mode, tmp_path):
+    plain = _run(_cfg(tmp_path / "plain"))
+    private = _run(_cfg(tmp_path / mode, f"privacy.mode={mode}", "privacy.noise_multiplier=0", "privacy.clip_norm=1e9"))
+    for key, value in plain.global_state.items():
+        assert torch.equal(value, private.global_state[key]), key
+
+
+def test_clipped_updates_have_norm_at_most_the_bound(tmp_path):
+    seen = _Updates()
+    _run(_cfg(tmp_path, "privacy.mode=central", "privacy.clip_norm=0.5", "privacy.noise_multiplier=0.5"), [seen])
+    assert len(seen.norms) == 6
+    assert max(seen.norms) <= 0.5 * (1 + 1e-6)
+    clipped = clip_update({"w": torch.tensor([3.0, 4.0])}, {"w": torch.zeros(2)}, 2.5)
+    assert update_norm(clipped, {"w": torch.zeros(2)}) == pytest.approx(2.5)
+
+
+def test_epsilon_grows_matches_opacus_and_survives_resume(tmp_path):
+    overrides = ["privacy.mode=central", "privacy.noise_multiplier=1.2", "privacy.clip_norm=1.0",
+                 "federated.fraction=0.67"]
+    whole = _run(_cfg(tmp_path / "whole", *overrides, rounds=3))
+    eps = [r["privacy/epsilon"] for r in whole.history]
+    assert eps == sorted(eps) and eps[0] < eps[-1]
+    reference = RDPAccountant()
+    for round_eps in eps:
+        reference.step(noise_multiplier=1.2, sample_rate=2 / 3)  # 2 of 3 base stations a round
+        assert round_eps == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+    assert whole.summary["privacy_epsilon"] == eps[-1]
+    first = _run(_cfg(tmp_path / "first", *overrides, rounds=2))
+    resumed = build_orchestrator(_cfg(tmp_path / "resumed", *overrides, rounds=3))
+    resumed.load_state_dict(copy.deepcopy(first.state_dict()))
+    resumed.run()
+    assert resumed.history[-1]["privacy/epsilon"] == eps[-1]
+    for key, value in whole.global_state.items():  # the noise is seeded by round and edge: same draws
+        assert torch.equal(value, resumed.global_state[key]), key
+
+
+def test_max_epsilon_stops_before_the_round_that_would_cross_it(tmp_path):
+    accountant = RDPAccountant()
+    for _ in range(2):
+        accountant.step(noise_multiplier=1.0, sample_rate=1.0)
+    two = accountant.get_epsilon(1e-5)
+    accountant.step(noise_multiplier=1.0, sample_rate=1.0)
+    three = accountant.get_epsilon(1e-5)
+    budget = (two + three) / 2
+    run = _run(_cfg(tmp_path, "privacy.mode=central", "privacy.noise_multiplier=1.0", f"privacy.max_epsilon={budget}",
+                    rounds=5))
+    assert run.completed_rounds == 2 and len(run.history) == 2
+    assert run.history[-1]["privacy/epsilon"] == pytest.approx(two) and two <= budget
+    assert "round 3 would take epsilon" in run.summary["stopped_early"]
+
+
+def test_central_privacy_refuses_a_robust_aggregation_rule():
+    with pytest.raises(ConfigError, match="privacy.mode=central needs federated.aggregation=fedavg"):
+        load_config(REPO / "conf" / "quic.yaml", ["privacy.mode=central", "federated.aggregation=median"])
