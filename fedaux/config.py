@@ -8,6 +8,7 @@ how a baseline drops the auxiliary heads of the file it extends.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ class TargetConfig:
     fn: str = MISSING  # registry name or "package.module:function"
     bins: list[float] | None = None  # class edges; None keeps the raw value (regression)
 
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class PartitionConfig:
@@ -328,6 +331,7 @@ def load_config_text(text: str, source: str = "config text") -> DictConfig:
     except Exception as err:  # YAML syntax or a value that does not fit the schema
         raise ConfigError(f"{source}: not a valid fedaux config ({err})") from None
     cfg.model.heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
+    apply_implied(cfg)
     validate(cfg)
     return cfg
 
@@ -357,8 +361,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{source}: a value does not fit the config schema ({err})") from None
     heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
     cfg.model.heads = heads
+    apply_implied(cfg)
     validate(cfg)
     return cfg
+
+
+def apply_implied(cfg: DictConfig) -> None:
+    """Settings one choice implies: DP-SGD needs per-sample gradients, which BatchNorm mixes
+    across the batch, so ``privacy.mode=dpsgd`` replaces it with GroupNorm (Opacus' advice)."""
+    if cfg.privacy.mode == "dpsgd" and cfg.model.trunk.norm == "batch":
+        log.info("privacy.mode=dpsgd: model.trunk.norm batch -> group (per-sample gradients need it)")
+        cfg.model.trunk.norm = "group"
 
 
 def validate(cfg: DictConfig) -> None:
@@ -375,6 +388,10 @@ def validate(cfg: DictConfig) -> None:
     fraction = cfg.federated.compression.topk_fraction
     if not 0 < fraction <= 1:
         raise ConfigError(f"federated.compression.topk_fraction={fraction} must be in (0, 1]")
+    if cfg.privacy.mode == "dpsgd" and cfg.model.weighting.name in ("uncertainty", "mgda", "pcgrad", "cagrad", "nash_mtl", "upgrad"):
+        raise ConfigError(f"privacy.mode=dpsgd with model.weighting.name={cfg.model.weighting.name!r}: Opacus computes "
+                          "per-sample gradients of one loss; use a loss weighting without parameters (random, equal, "
+                          "fixed, dwa, famo)")
     if cfg.privacy.mode == "central" and cfg.federated.aggregation != "fedavg":
         raise ConfigError(f"privacy.mode=central needs federated.aggregation=fedavg (got "
                           f"{cfg.federated.aggregation!r}): the noise is calibrated to one update's weight in an average")

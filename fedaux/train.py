@@ -19,7 +19,7 @@ from fedaux.federated.compression import Compression
 from fedaux.federated.engines import ENGINES, Engine
 from fedaux.federated.hooks import RoundCallback, build_callback
 from fedaux.federated.orchestrator import FederatedOrchestrator
-from fedaux.federated.privacy import ClientLevelDP
+from fedaux.federated.privacy import ClientLevelDP, dp_sgd_settings
 from fedaux.federated.strategies import build_strategy
 from fedaux.model import build_model
 
@@ -86,7 +86,7 @@ def build_orchestrator(cfg: DictConfig, data: FederatedData | None = None,
         client_timeout_s=fed.client_timeout_s, min_clients=fed.min_clients, update_norm_bound=fed.update_norm_bound,
         aggregation=fed.aggregation, trim_fraction=fed.trim_fraction, trainer_options=trainer_options,
         strategy=build_strategy(fed, model), compression=Compression.from_config(fed.compression),
-        privacy=ClientLevelDP.from_config(cfg.privacy),
+        privacy=ClientLevelDP.from_config(cfg.privacy), dp_sgd=dp_sgd_settings(cfg.privacy),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -93,3 +94,32 @@ def test_max_epsilon_stops_before_the_round_that_would_cross_it(tmp_path):
 def test_central_privacy_refuses_a_robust_aggregation_rule():
     with pytest.raises(ConfigError, match="privacy.mode=central needs federated.aggregation=fedavg"):
         load_config(REPO / "conf" / "quic.yaml", ["privacy.mode=central", "federated.aggregation=median"])
+
+
+def test_dpsgd_trains_with_group_norm_and_reports_each_base_stations_epsilon(tmp_path):
+    cfg = _cfg(tmp_path, "privacy.mode=dpsgd", "privacy.noise_multiplier=1.0", "privacy.clip_norm=1.0",
+               "federated.base_stations=2", rounds=2)
+    assert cfg.model.trunk.norm == "group"  # BatchNorm mixes samples: replaced for per-sample gradients
+    run = _run(cfg)
+    eps = [r["privacy/epsilon"] for r in run.history]
+    assert 0 < eps[0] < eps[1]  # each base station's epsilon accumulates over its rounds
+    for client, samples in enumerate(run.data.clients):
+        history = run.client_states[client]["dpsgd/accountant"]
+        batches = math.ceil(len(samples) / 32)
+        assert [tuple(h) for h in history.tolist()] == [(1.0, 1 / batches, batches)] * 2 or \
+            [tuple(h) for h in history.tolist()] == [(1.0, 1 / batches, 2 * batches)]
+    assert run.history[-1]["privacy/epsilon"] == pytest.approx(
+        max(_epsilon(run.client_states[c]["dpsgd/accountant"]) for c in range(2)))
+    # Opacus' hooks are gone after each fit: the next base station's fit starts from a plain module.
+    assert not any(m._forward_hooks or m._backward_hooks for m in run.model.modules())
+
+
+def _epsilon(history):
+    accountant = RDPAccountant()
+    accountant.history = [(float(z), float(q), int(n)) for z, q, n in history.tolist()]
+    return accountant.get_epsilon(1e-5)
+
+
+def test_dpsgd_refuses_a_weighting_with_parameters():
+    with pytest.raises(ConfigError, match="privacy.mode=dpsgd with model.weighting.name='uncertainty'"):
+        load_config(REPO / "conf" / "quic.yaml", ["privacy.mode=dpsgd", "model.weighting.name=uncertainty"])

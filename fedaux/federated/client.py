@@ -23,7 +23,7 @@ from fedaux.data.datamodule import ClientDataModule, HeldOutDataModule
 from fedaux.data.samples import SampleSet
 from fedaux.errors import ConfigError
 from fedaux.federated.compression import UplinkCompression
-from fedaux.federated.privacy import ClientLevelDP
+from fedaux.federated.privacy import DPSGD, DPSGD_HISTORY, ClientLevelDP
 from fedaux.federated.strategies import Strategy
 from fedaux.labels import IGNORE_INDEX
 from fedaux.model.module import MultiTaskModule
@@ -191,6 +191,7 @@ def train_client(
     test: SampleSet | None = None,
     compression: UplinkCompression | None = None,
     privacy: ClientLevelDP | None = None,
+    dp_sgd: tuple[float, float, float] | None = None,
 ) -> ClientFit:
     """Start ``model`` from ``payload`` (and the base station's ``local_state``), fit it on
     ``samples`` and return what the strategy uploads and keeps.
@@ -200,7 +201,9 @@ def train_client(
     neither the payload nor the local state has, e.g. personal heads on their first round;
     ``test`` (the held-out flows) is scored by personalised strategies' local models. With an
     active uplink ``compression`` the upload is the encoded update (``<name>#<part>`` entries) and
-    the local state gains the error-feedback residuals.
+    the local state gains the error-feedback residuals. ``privacy`` (local mode) clips and noises
+    the upload; ``dp_sgd`` ``(clip_norm, noise_multiplier, delta)`` trains with Opacus' DP-SGD and
+    reports the base station's cumulative ``privacy/client_epsilon``.
     """
     strategy = strategy or Strategy([n for n, _ in model.named_parameters()])
     local_state = local_state or {}
@@ -211,16 +214,28 @@ def train_client(
     # Lightning clips only under automatic optimisation; a module that steps by hand (gradient-based
     # weightings) clips in its own on_before_optimizer_step, at the same point of the step.
     model.manual_clip_val = None if model.automatic_optimization else gradient_clip_val
-    with quiet_lightning():
-        trainer = client_trainer(strategy.local_epochs(local_epochs),
-                                 gradient_clip_val if model.automatic_optimization else None,
-                                 [*method_callbacks, *callbacks], trainer_options)
-        trainer.fit(model, ClientDataModule(samples, batch_size=batch_size, seed=seed))
+    if dp_sgd is not None:  # Opacus clips every sample's gradient; Lightning must not clip the batch's
+        model.dp_sgd = DPSGD(*dp_sgd, seed=seed, history=local_state.get(DPSGD_HISTORY))
+        gradient_clip_val = None
+    try:
+        with quiet_lightning():
+            trainer = client_trainer(strategy.local_epochs(local_epochs),
+                                     gradient_clip_val if model.automatic_optimization else None,
+                                     [*method_callbacks, *callbacks], trainer_options)
+            trainer.fit(model, ClientDataModule(samples, batch_size=batch_size, seed=seed))
+    finally:
+        private, model.dp_sgd = model.dp_sgd, None
+        if private is not None:
+            private.close()
     seconds = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    if private is not None:
+        metrics["privacy/client_epsilon"] = private.epsilon()
     if strategy.personalised and test is not None:
         metrics.update(personal_scores(model, test, samples))
     upload, kept = strategy.client_upload(model, payload, local_state, method_callbacks)
+    if private is not None:
+        kept = {**kept, DPSGD_HISTORY: private.history_tensor()}
     if privacy is not None:  # local DP: clip and noise before the update leaves (then compression)
         upload = privacy.at_client(upload, payload, seed)
     if compression is not None and compression.active:

@@ -32,6 +32,7 @@ from fedaux.federated.client import TrainerOptions, derived_seed, train_client
 from fedaux.federated.engines import Engine
 from fedaux.federated.hooks import ClientUpdate, KeepsTotals, RoundCallback
 from fedaux.federated.orchestrator import FederatedOrchestrator
+from fedaux.federated.privacy import dp_sgd_settings
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ def train(msg: Message, context: Context) -> Message:
         trainer_options=TrainerOptions.from_config(cfg.trainer), strategy=strategy, local_state=local_state,
         initial_state=initial_state, test=test, compression=compression.uplink,
         privacy=privacy if privacy is not None and privacy.mode == "local" else None,
+        dp_sgd=dp_sgd_settings(cfg.privacy),
     )
     if fit.local_state:
         context.state[LOCAL_STATE] = to_record(fit.local_state)
@@ -254,7 +256,7 @@ class TwoTierFedAvgStrategy(Strategy):
             updates.append(ClientUpdate(
                 client=client, edge=int(self.orchestrator.data.partition.edge_of_client[client]),
                 state=from_record(reply.content[ARRAYS]), num_samples=int(metrics["num-examples"]),
-                train_metrics={k: float(v) for k, v in metrics.items() if k.startswith(("train/", "personal/"))},
+                train_metrics={k: float(v) for k, v in metrics.items() if k.startswith(("train/", "personal/", "privacy/"))},
                 fit_seconds=float(metrics["fit_seconds"]),
             ))
         for client in sorted(set(self._selected) - answered):

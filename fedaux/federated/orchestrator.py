@@ -103,6 +103,7 @@ class FederatedOrchestrator:
         strategy: Strategy | None = None,
         compression: Compression | None = None,
         privacy: ClientLevelDP | None = None,
+        dp_sgd: tuple[float, float, float] | None = None,
     ) -> None:
         self.model, self.data = model, data
         self.rounds, self.local_epochs, self.batch_size = rounds, local_epochs, batch_size
@@ -120,6 +121,7 @@ class FederatedOrchestrator:
         self.client_states: dict[int, dict[str, Any]] = {}  # what each base station keeps between rounds
         self.compression = compression or Compression()
         self.privacy = privacy
+        self.dp_sgd = dp_sgd  # (clip_norm, noise_multiplier, delta) of sample-level DP-SGD, or None
         self.stop_reason: str | None = None  # set when the run ends early by design (privacy budget)
         self._payload: dict[str, Any] = {}  # what the base stations start from (decoded downlink)
         self._downlink_wire: dict[str, Any] = {}  # what is sent down (the payload, encoded)
@@ -195,7 +197,7 @@ class FederatedOrchestrator:
                 seed=derived_seed(self.seed, rnd, client), gradient_clip_val=self.gradient_clip_val,
                 callbacks=self.lightning_callbacks, trainer_options=self.trainer_options, strategy=self.strategy,
                 local_state=self.client_states.get(client), initial_state=self.initial_state, test=self.data.test,
-                compression=self.compression.uplink, privacy=self.privacy,
+                compression=self.compression.uplink, privacy=self.privacy, dp_sgd=self.dp_sgd,
             )
 
         self._call("on_client_start", rnd, client)
@@ -304,6 +306,9 @@ class FederatedOrchestrator:
             metrics[key] = sum(u.train_metrics[key] * u.num_samples for u in present) / weight
         if self.privacy is not None:
             metrics["privacy/epsilon"] = self.privacy.account(self.sample_rate)
+        client_eps = [u.train_metrics["privacy/client_epsilon"] for u in updates if "privacy/client_epsilon" in u.train_metrics]
+        if client_eps:  # DP-SGD: the guarantee is the worst base station's
+            metrics["privacy/epsilon"] = max(client_eps)
         metrics["clients"] = len(updates)
         metrics["clients/dropped"] = len(self._dropped)
         if self._dropped:

@@ -35,7 +35,7 @@ import torch
 
 from fedaux.errors import ConfigError
 
-PRIVACY_MODES = ("none", "central", "local")  # privacy.mode
+PRIVACY_MODES = ("none", "central", "local", "dpsgd")  # privacy.mode
 State = dict[str, torch.Tensor]
 
 
@@ -69,6 +69,60 @@ def add_noise(state: Mapping[str, torch.Tensor], std: float, generator: torch.Ge
             for k, v in state.items()}
 
 
+DPSGD_HISTORY = "dpsgd/accountant"  # a base station's DP-SGD accountant history in its local state
+
+
+class DPSGD:
+    """Sample-level DP-SGD (Abadi et al. 2016) through Opacus inside one base station's local fit.
+
+    ``MultiTaskModule.configure_optimizers`` hands its optimiser to :meth:`make_private`, which
+    wraps the module for per-sample gradients and returns Opacus' ``DPOptimizer`` (per-sample
+    clipping to ``clip_norm``, Gaussian noise ``noise_multiplier * clip_norm``). Batches are the
+    shuffled fixed-size batches of every other fit, not Poisson samples; Opacus then accounts with
+    sampling rate ``1 / batches`` (its documented approximation). The accountant's history is the
+    base station's local state, so its epsilon accumulates over the rounds it takes part in.
+    BatchNorm mixes samples, so the config switches ``model.trunk.norm`` to ``group`` for this mode.
+    """
+
+    def __init__(self, clip_norm: float, noise_multiplier: float, delta: float, seed: int,
+                 history: torch.Tensor | None = None) -> None:
+        self.clip_norm, self.noise_multiplier, self.delta, self.seed = clip_norm, noise_multiplier, delta, seed
+        self.history = [] if history is None else [(float(z), float(q), int(n)) for z, q, n in history.tolist()]
+        self._engine = None
+        self._module = None
+
+    def make_private(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, data_loader) -> torch.optim.Optimizer:
+        from opacus import PrivacyEngine
+
+        self._engine = PrivacyEngine(accountant="rdp")
+        self._engine.accountant.history = list(self.history)
+        self._module, private, _ = self._engine.make_private(
+            module=module, optimizer=optimizer, data_loader=data_loader, noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.clip_norm, poisson_sampling=False, noise_generator=_generator(self.seed))
+        return private
+
+    def close(self) -> None:
+        """Remove Opacus' hooks (the in-process engine reuses one model for every base station)."""
+        if self._module is not None:
+            self._module._close()
+            self._module = None
+        if self._engine is not None:
+            self.history = [tuple(h) for h in self._engine.accountant.history]
+
+    def epsilon(self) -> float:
+        if not self.history:
+            return 0.0
+        from opacus.accountants import RDPAccountant
+
+        accountant = RDPAccountant()
+        accountant.history = list(self.history)
+        return float(accountant.get_epsilon(self.delta)) if self.noise_multiplier > 0 else math.inf
+
+    def history_tensor(self) -> torch.Tensor:
+        """``(k, 3)`` float64 rows ``(noise multiplier, sampling rate, steps)``: storable local state."""
+        return torch.tensor(self.history, dtype=torch.float64).reshape(-1, 3)
+
+
 class ClientLevelDP:
     """Clipping, noise and the accountant of one experiment (the ``privacy`` config section).
 
@@ -95,8 +149,8 @@ class ClientLevelDP:
 
     @classmethod
     def from_config(cls, cfg: Any) -> ClientLevelDP | None:
-        """None for ``mode: none``."""
-        if cfg is None or cfg.mode == "none":
+        """None for ``mode: none`` and ``dpsgd`` (which privatises inside the local fit: :class:`DPSGD`)."""
+        if cfg is None or cfg.mode in ("none", "dpsgd"):
             return None
         return cls(cfg.mode, cfg.clip_norm, cfg.noise_multiplier, cfg.delta, cfg.max_epsilon)
 
@@ -168,6 +222,13 @@ class ClientLevelDP:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.accountant.history = [tuple(h) for h in state.get("history", [])]
+
+
+def dp_sgd_settings(cfg: Any) -> tuple[float, float, float] | None:
+    """``(clip_norm, noise_multiplier, delta)`` for ``privacy.mode: dpsgd``, else None."""
+    if cfg is None or cfg.mode != "dpsgd":
+        return None
+    return float(cfg.clip_norm), float(cfg.noise_multiplier), float(cfg.delta)
 
 
 def _generator(seed: int) -> torch.Generator:

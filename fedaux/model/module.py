@@ -106,6 +106,7 @@ class MultiTaskModule(L.LightningModule):
         # itself (Lightning's manual optimisation) and clips at ``manual_clip_val``.
         self.automatic_optimization = not getattr(weighting, "needs_gradients", False)
         self.manual_clip_val: float | None = None
+        self.dp_sgd = None  # a fedaux.federated.privacy.DPSGD during a DP-SGD local fit
 
     @staticmethod
     def _metrics(spec: TaskSpec) -> MetricCollection:
@@ -250,4 +251,7 @@ class MultiTaskModule(L.LightningModule):
         self.on_validation_epoch_end()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.parameters(), self.optimizer_cfg)
+        optimizer = build_optimizer(self.parameters(), self.optimizer_cfg)
+        if self.dp_sgd is not None:  # per-sample clipping and noise through Opacus
+            optimizer = self.dp_sgd.make_private(self, optimizer, self.trainer.datamodule.train_dataloader())
+        return optimizer
