@@ -26,6 +26,8 @@ leaderboards:
   quic:
     title: tiny
     reference: null
+    columns: [total_MB]
+    scatter: total_MB
     methods:
       fedavg: {REPO / 'conf' / 'fedavg.yaml'}
       fedper: {REPO / 'conf' / 'quic.yaml'} federated.strategy=fedper
@@ -51,6 +53,8 @@ def test_bench_writes_the_page_and_resumes_from_its_cache(tmp_path):
     page = (tmp_path / "docs" / "results.md").read_text()
     assert "`fedper`" in page and "`unrelated`" in page and "acc vs fedavg" in page
     assert (tmp_path / "docs" / "results" / "quic.png").is_file()
+    assert (tmp_path / "docs" / "results" / "quic_total_MB.png").is_file()
+    assert "MB to target / fedavg" in page
     quic = first["boards"]["quic"]["stats"]
     assert quic["fedper"]["per_seed"][0]["final_accuracy"] is not None
     assert set(first["boards"]["quic"]["personal_local"]) == {"fedper"}

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from fedaux.bench.config import load_bench_config, sections
 from fedaux.bench.plan import plan
-from fedaux.bench.report import plot_board, plot_sensitivity, render, significance_findings
+from fedaux.bench.report import plot_board, plot_scatter, plot_sensitivity, render, significance_findings
 from fedaux.bench.runs import DataCache, RunCache, RunSpec, execute, run_quiet
 from fedaux.bench.stats import board_stats, describe
 from fedaux.errors import ConfigError
@@ -47,6 +47,9 @@ def machine() -> str:
 
 def _board_result(name: str, board, runs_by_method: dict[str, list[dict]], bench, fig_dir: Path) -> dict[str, Any]:
     stats = board_stats(runs_by_method, board.baseline, board.reference, bench.confidence)
+    for method, method_runs in runs_by_method.items():
+        stats[method]["extra"] = {col: describe([r["summary"].get(col) for r in method_runs], bench.confidence)
+                                  for col in [*board.columns, *([board.scatter] if board.scatter else [])]}
     first = next(iter(runs_by_method.values()))[0]
     personal = {}
     for method, method_runs in runs_by_method.items():
@@ -54,6 +57,8 @@ def _board_result(name: str, board, runs_by_method: dict[str, list[dict]], bench
         if all(key in r["history"][-1] for r in method_runs):
             personal[method] = describe([r["history"][-1][key] for r in method_runs], bench.confidence)
     plot_board(runs_by_method, fig_dir / f"{name}.png", board.title or name)
+    if board.scatter:
+        plot_scatter(stats, board.scatter, fig_dir / f"{name}_{board.scatter}.png", board.title or name)
     return {
         "config": OmegaConf.to_container(board),
         "seeds": list(board.seeds or bench.seeds),

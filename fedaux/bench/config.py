@@ -27,6 +27,8 @@ class Board:
     baseline: str | None = "fedavg"  # rows tested against it (paired across seeds)
     reference: str | None = "fedauxhmtl"  # and against it
     seeds: list[int] | None = None  # default: the bench's seeds
+    columns: list[str] = field(default_factory=list)  # more summary keys shown per row (mean [interval])
+    scatter: str | None = None  # a summary key to plot final accuracy against (e.g. privacy_epsilon)
 
 
 @dataclass

@@ -28,9 +28,19 @@ def _versus(test: dict[str, Any] | None, alpha: float, digits: int = 3) -> str:
     return f"{test['diff']:+.{digits}f} (t {_p(test['t_p'])}{mark}, W {_p(test['wilcoxon_p'])})"
 
 
+def _ratio(stat: dict[str, Any], base: dict[str, Any] | None) -> str:
+    if base is None or stat["mean"] is None or not base["mean"]:
+        return "-"
+    return f"{stat['mean'] / base['mean']:.2f}"
+
+
 def board_table(stats: dict[str, Any], board, alpha: float) -> list[str]:
     base, ref = board.baseline, board.reference
-    head = ["method", "final acc", "final F1", "rounds to target", "reached", "MB to target", "compute s to target"]
+    columns = list(getattr(board, "columns", []) or [])
+    head = ["method", "final acc", "final F1", "rounds to target", "reached", "MB to target", "compute s to target",
+            *columns]
+    if base:
+        head += [f"MB to target / {base}"]
     if base:
         head += [f"acc vs {base}", f"rounds vs {base}"]
     if ref:
@@ -39,6 +49,9 @@ def board_table(stats: dict[str, Any], board, alpha: float) -> list[str]:
     for method, s in stats.items():
         cells = [f"`{method}`", _ci(s["final_accuracy"]), _ci(s["final_f1"]), _ci(s["rounds_to_target_censored"], 1),
                  f"{s['reached']}/{s['seeds']}", _ci(s["MB_to_target"], 1), _ci(s["compute_s_to_target"], 1)]
+        cells += [_ci(s.get("extra", {}).get(col, {"mean": None}), 2) for col in columns]
+        if base:
+            cells.append(_ratio(s["MB_to_target"], stats.get(base, {}).get("MB_to_target")))
         for role, other in (("vs_baseline", base), ("vs_reference", ref)):
             if other:
                 test = s.get(role) or {}
@@ -84,6 +97,36 @@ def plot_board(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) ->
     for ax in (left, right):
         ax.grid(alpha=0.3)
     right.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_scatter(stats: dict[str, Any], key: str, path: Path, title: str) -> None:
+    """Final accuracy against a summary figure (e.g. epsilon), one line per method family (the
+    row name's first word); rows without the figure (no privacy) as dashed reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    families: dict[str, list[tuple[float, float, float, float]]] = {}
+    for method, s in stats.items():
+        x = s.get("extra", {}).get(key, {}).get("mean")
+        acc = s["final_accuracy"]
+        if x is None or not np.isfinite(x):
+            ax.axhline(acc["mean"], linestyle="--", linewidth=1, color="grey")
+            ax.annotate(f"{method} (no DP)", (0, acc["mean"]), xycoords=("axes fraction", "data"), fontsize=7)
+            continue
+        families.setdefault(method.split(" ")[0], []).append((x, acc["mean"], acc["low"], acc["high"]))
+    for family, points in families.items():
+        points.sort()
+        xs, ys, lo, hi = map(np.array, zip(*points))
+        ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], marker="o", capsize=3, label=family)
+    ax.set(xscale="log", xlabel=key, ylabel="final main-task accuracy", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -152,6 +195,8 @@ def render(results: dict[str, Any], bench, command: str) -> str:
             lines += ["", "Personal scores on each base station's own class mix do not apply here (no personalised "
                       "method)."]
         lines += ["", f"![{name}](results/{name}.png)", ""]
+        if spec.get("scatter"):
+            lines += [f"![{name}: accuracy against {spec['scatter']}](results/{name}_{spec['scatter']}.png)", ""]
         personal = {m: s for m, s in board.get("personal_local", {}).items()}
         if personal:
             lines += ["Personalised methods on each base station's own class mix (`personal/local_acc`: held-out "
@@ -195,3 +240,4 @@ class _Board:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.baseline, self.reference = spec.get("baseline"), spec.get("reference")
+        self.columns = spec.get("columns") or []
