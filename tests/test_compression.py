@@ -74,8 +74,10 @@ def test_fp16_halves_and_int8_quarters_the_uplink_bytes(tmp_path):
     assert quarter.history[-1][f"comm/bytes_up/{TIER_EDGE}"] / full == pytest.approx(0.25, abs=1e-3)
     assert quarter.history[-1][f"comm/bytes_down/{TIER_EDGE}"] / plain.history[-1][f"comm/bytes_down/{TIER_EDGE}"] \
         == pytest.approx(0.25, abs=1e-3)
-    # The top tier carries full precision.
-    assert half.history[-1][f"comm/bytes_up/{TIER_TOP}"] == plain.history[-1][f"comm/bytes_up/{TIER_TOP}"]
+    # The edge servers send their averages up with the same codec.
+    assert half.history[-1][f"comm/bytes_up/{TIER_TOP}"] / plain.history[-1][f"comm/bytes_up/{TIER_TOP}"] \
+        == pytest.approx(0.5, abs=1e-3)
+    assert set(quarter.edge_residuals) == {0, 1}
     assert all(math.isfinite(r["val/acc/traffic_class"]) for r in quarter.history)
 
 

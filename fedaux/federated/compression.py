@@ -9,10 +9,11 @@ state is encoded tensor by tensor into a flat ``dict[str, Tensor]`` whose keys a
 Uplink (base station to edge server, ``federated.compression.uplink``): the base station encodes
 its *update* (its new state minus the payload it received), adding first what earlier rounds'
 compression dropped (error feedback, Seide et al. 2014; Karimireddy et al. 2019), and keeps the
-new residual as local state. The edge server decodes and adds the payload back. Downlink
-(``federated.compression.downlink``): the global state itself, ``fp16`` or ``int8`` (``topk``
-would need every base station to hold the previous global state, which sampled base stations do
-not). The edge-to-top tier carries full precision.
+new residual as local state. The edge server decodes and adds the payload back; it sends its
+average up to the top level the same way (its own residual kept by the orchestrator). Downlink
+(``federated.compression.downlink``): the global state itself, ``fp16`` or ``int8``, on both
+tiers (``topk`` would need every base station to hold the previous global state, which sampled
+base stations do not).
 """
 
 from __future__ import annotations

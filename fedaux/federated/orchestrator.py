@@ -119,6 +119,7 @@ class FederatedOrchestrator:
         self.initial_state = cpu_state(model)  # seeded initial weights: personal heads start here
         self.strategy = strategy or Strategy([n for n, _ in model.named_parameters()])
         self.client_states: dict[int, dict[str, Any]] = {}  # what each base station keeps between rounds
+        self.edge_residuals: dict[int, dict[str, Any]] = {}  # each edge server's uplink error feedback
         self.compression = compression or Compression()
         self.privacy = privacy
         self.dp_sgd = dp_sgd  # (clip_norm, noise_multiplier, delta) of sample-level DP-SGD, or None
@@ -165,6 +166,7 @@ class FederatedOrchestrator:
             "strategy": self.strategy.state_dict(),
             "privacy": self.privacy.state_dict() if self.privacy is not None else {},
             "client_states": dict(self.client_states),
+            "edge_residuals": dict(self.edge_residuals),
             "callbacks": {cb.state_key: state for cb in self.callbacks if (state := cb.state_dict())},
         }
 
@@ -179,6 +181,8 @@ class FederatedOrchestrator:
             self.privacy.load_state_dict(state.get("privacy", {}))
         self.client_states = {int(k): {n: t.detach().to("cpu") for n, t in v.items()}
                               for k, v in state.get("client_states", {}).items()}
+        self.edge_residuals = {int(k): {n: t.detach().to("cpu") for n, t in v.items()}
+                               for k, v in state.get("edge_residuals", {}).items()}
         saved = state["callbacks"]
         for callback in self.callbacks:
             if saved.get(callback.state_key):
@@ -262,18 +266,32 @@ class FederatedOrchestrator:
         return self.finish_round(rnd)
 
     def _aggregate(self, rnd: int) -> RoundAggregate:
-        result = self._aggregator.result(self._edge_noise(rnd) if self.privacy is not None else None)
+        edge_up_nbytes: dict[int, int] = {}
+
+        def edge_uplink(edge: int, state, rule):
+            """What each edge server sends up: DP noise (central mode), then the uplink codec."""
+            if self.privacy is not None:
+                state = self.privacy.noise_at_edge(state, rule.heaviest / rule.weight,
+                                                   derived_seed(self.seed, rnd, 1_000_000 + edge))
+            if not self.compression.uplink.active:
+                edge_up_nbytes[edge] = state_nbytes(state)
+                return state
+            residual = self.edge_residuals.get(edge, {})
+            wire, kept = self.compression.uplink.encode(state, self._payload, residual)
+            self.edge_residuals[edge] = kept
+            edge_up_nbytes[edge] = state_nbytes(wire)
+            return self.compression.uplink.decode(wire, self._payload)
+
+        result = self._aggregator.result(edge_uplink)
         updates = self._received
         new_global = self.strategy.server_update(self.global_state, result.global_state, len(updates),
                                                  len(self.data.clients))
-        # The strategy's payload goes down to every participating edge server and base station; each
-        # base station's upload goes up to its edge server, and each edge server's average to the top.
+        # The strategy's payload (encoded) goes down to every participating edge server and base
+        # station; each base station's upload goes up to its edge server, and each edge server's
+        # average (noised, encoded) to the top.
         down_nbytes = state_nbytes(self._downlink_wire)
         down = {TIER_TOP: down_nbytes * len(result.edge_states), TIER_EDGE: down_nbytes * len(updates)}
-        up = {
-            TIER_EDGE: sum(u.nbytes for u in updates),
-            TIER_TOP: sum(state_nbytes(s) for s in result.edge_states.values()),
-        }
+        up = {TIER_EDGE: sum(u.nbytes for u in updates), TIER_TOP: sum(edge_up_nbytes.values())}
         return RoundAggregate(new_global, result.edge_samples, [u.client for u in updates], down, up)
 
     def finish_round(self, rnd: int) -> dict[str, Any]:
@@ -375,14 +393,6 @@ class FederatedOrchestrator:
                 f"{self.completed_rounds + allowed}")
             log.warning(self.stop_reason)
         return allowed
-
-    def _edge_noise(self, rnd: int):
-        """Central DP's noise on each edge server's average, seeded by (experiment, round, edge)."""
-        def transform(edge: int, state, rule):
-            share = rule.heaviest / rule.weight
-            return self.privacy.noise_at_edge(state, share, derived_seed(self.seed, rnd, 1_000_000 + edge))
-
-        return transform
 
 
 def _epsilon_after(privacy: ClientLevelDP, sample_rate: float, rounds: int) -> float:
