@@ -98,11 +98,12 @@ def test_a_resumed_flower_run_equals_an_uninterrupted_one(flower_three_rounds):
     ("scaffold", []), ("fedper", []),
     ("fedavg", ["federated.compression.uplink=topk", "federated.compression.topk_fraction=0.1",
                 "federated.compression.downlink=int8"]),
-], ids=["scaffold", "fedper", "compressed"])
+    ("fedavg", ["privacy.mode=local", "privacy.noise_multiplier=0.5", "privacy.clip_norm=1.0"]),
+], ids=["scaffold", "fedper", "compressed", "local-dp"])
 def test_strategies_with_client_state_match_on_flower(strategy, extra, tmp_path):
     """SCAFFOLD's control variates, FedPer's personal heads and the uplink's error-feedback
-    residuals live in each Flower node's Context.state, and Flower carries the compressed arrays;
-    two rounds on Flower equal two rounds in process."""
+    residuals live in each Flower node's Context.state, Flower carries the compressed arrays, and
+    local DP noises each update on its node; two rounds on Flower equal two rounds in process."""
     def cfg(engine):
         return load_config(REPO / "conf" / "quic.yaml", [
             f"output_dir={tmp_path / engine}", f"federated.engine={engine}", "federated.rounds=2",

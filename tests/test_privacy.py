@@ -123,3 +123,18 @@ def _epsilon(history):
 def test_dpsgd_refuses_a_weighting_with_parameters():
     with pytest.raises(ConfigError, match="privacy.mode=dpsgd with model.weighting.name='uncertainty'"):
         load_config(REPO / "conf" / "quic.yaml", ["privacy.mode=dpsgd", "model.weighting.name=uncertainty"])
+
+
+def test_epsilon_and_compression_residuals_survive_a_checkpointed_resume(tmp_path):
+    """Through the run folder's checkpoint, as `fedaux-train --resume` does."""
+    from fedaux.train import run
+
+    overrides = ["privacy.mode=central", "privacy.noise_multiplier=1.0", "federated.compression.uplink=topk",
+                 "federated.compression.topk_fraction=0.1"]
+    whole = run(_cfg(tmp_path / "whole", *overrides, rounds=3))
+    first = run(_cfg(tmp_path / "cut", *overrides, rounds=2))
+    resumed = run(_cfg(tmp_path / "cut", *overrides, rounds=3), resume=first.run_dir)
+    assert [r["privacy/epsilon"] for r in resumed.history] == [r["privacy/epsilon"] for r in whole.history]
+    assert [r["comm/bytes_total"] for r in resumed.history] == [r["comm/bytes_total"] for r in whole.history]
+    for key, value in whole.orchestrator.global_state.items():
+        assert torch.equal(value, resumed.orchestrator.global_state[key]), key
