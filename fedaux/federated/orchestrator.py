@@ -74,10 +74,14 @@ class FederatedOrchestrator:
         trainer_options: accelerator, devices and precision of every client Trainer and the evaluator.
         strategy: what is sent, how clients train, what they keep and how the top tier updates
             (:mod:`fedaux.federated.strategies`); FedAvg when None.
+        compression: the uplink and downlink codecs (:mod:`fedaux.federated.compression`).
+        privacy: client-level differential privacy, central or local (:mod:`fedaux.federated.privacy`).
+        dp_sgd: ``(clip_norm, noise_multiplier, delta)`` for sample-level DP-SGD in every local fit.
 
     Its :meth:`state_dict` (completed rounds, global state, history, drop counts, the strategy's
-    server state, the base stations' local states and every callback's state) is all a resumed
-    run needs besides the RNG states.
+    server state, the privacy accountant, the base stations' local states, the edge servers'
+    compression residuals and every callback's state) is all a resumed run needs besides the RNG
+    states.
     """
 
     def __init__(
