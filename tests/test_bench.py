@@ -103,3 +103,13 @@ def test_censored_rounds_count_a_miss_as_rounds_plus_one():
     assert out["a"]["rounds_to_target_censored"]["mean"] == pytest.approx((5 + 31) / 2)
     assert out["a"]["MB_to_target"]["n"] == 1 and out["a"]["reached"] == 1
     assert out["a"]["vs_baseline"]["final_accuracy"]["diff"] == pytest.approx(0.15)
+
+
+def test_a_run_key_ignores_options_left_at_their_defaults():
+    from fedaux.bench.runs import RunSpec
+
+    quic = str(REPO / "conf" / "quic.yaml")
+    plain = RunSpec(quic, (), 0).key()
+    assert RunSpec(quic, ("federated.compression.uplink=none", "logging.progress=true"), 0).key() == plain
+    assert RunSpec(quic, ("federated.compression.uplink=int8",), 0).key() != plain
+    assert RunSpec(quic, (), 1).key() != plain

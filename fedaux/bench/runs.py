@@ -40,11 +40,31 @@ class RunSpec:
                                          "logging.progress=false", "logging.plots=false"])
 
     def key(self) -> str:
-        """A digest of the resolved config: equal configs share one cached run."""
-        resolved = OmegaConf.to_container(self.load(), resolve=True)
-        for name in _NOT_IDENTITY:
-            resolved.pop(name, None)
-        return hashlib.sha1(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """A digest of what the resolved config sets differently from the schema's defaults: equal
+        configs share one cached run, and a new config option with a default (a later version of
+        fedaux) leaves the keys of existing runs unchanged."""
+        return config_key(self.load())
+
+
+def config_key(cfg: DictConfig) -> str:
+    """See :meth:`RunSpec.key`."""
+    from fedaux.config import ExperimentConfig
+
+    defaults = _flatten(OmegaConf.to_container(OmegaConf.structured(ExperimentConfig), resolve=True))
+    resolved = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    identity = {k: v for k, v in resolved.items()
+                if not k.startswith(_NOT_IDENTITY) and (k not in defaults or defaults[k] != v)}
+    return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys to leaf values (lists are leaves)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}{key}." if isinstance(value, dict) and value else f"{prefix}{key}"))
+    return out
 
 
 class RunCache:
