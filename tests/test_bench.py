@@ -44,6 +44,7 @@ ablation:
     return path
 
 
+@pytest.mark.slow  # five runs in spawned workers, three invocations
 def test_bench_writes_the_page_and_resumes_from_its_cache(tmp_path):
     path = _bench_file(tmp_path)
     first = run_bench(str(path), [], progress=False)

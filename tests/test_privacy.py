@@ -56,6 +56,7 @@ def test_clipped_updates_have_norm_at_most_the_bound(tmp_path):
     assert update_norm(clipped, {"w": torch.zeros(2)}) == pytest.approx(2.5)
 
 
+@pytest.mark.slow  # three runs
 def test_epsilon_grows_matches_opacus_and_survives_resume(tmp_path):
     overrides = ["privacy.mode=central", "privacy.noise_multiplier=1.2", "privacy.clip_norm=1.0",
                  "federated.fraction=0.67"]
@@ -96,6 +97,7 @@ def test_central_privacy_refuses_a_robust_aggregation_rule():
         load_config(REPO / "conf" / "quic.yaml", ["privacy.mode=central", "federated.aggregation=median"])
 
 
+@pytest.mark.slow  # Opacus per-sample gradients
 def test_dpsgd_trains_with_group_norm_and_reports_each_base_stations_epsilon(tmp_path):
     cfg = _cfg(tmp_path, "privacy.mode=dpsgd", "privacy.noise_multiplier=1.0", "privacy.clip_norm=1.0",
                "federated.base_stations=2", rounds=2)
@@ -125,6 +127,7 @@ def test_dpsgd_refuses_a_weighting_with_parameters():
         load_config(REPO / "conf" / "quic.yaml", ["privacy.mode=dpsgd", "model.weighting.name=uncertainty"])
 
 
+@pytest.mark.slow  # three runs with run folders
 def test_epsilon_and_compression_residuals_survive_a_checkpointed_resume(tmp_path):
     """Through the run folder's checkpoint, as `fedaux-train --resume` does."""
     from fedaux.train import run

@@ -131,6 +131,7 @@ def test_fedrep_trains_heads_alone_then_the_trunk(tmp_path):
     assert all(p.requires_grad for p in orchestrator.model.parameters())
 
 
+@pytest.mark.slow  # three strategies, 6 rounds each
 @pytest.mark.parametrize("strategy", ["scaffold", "fedper", "fedadam"])
 def test_strategy_state_resumes_exactly(strategy, tmp_path):
     whole = _run(_cfg(tmp_path / "whole", f"federated.strategy={strategy}", rounds=3))

@@ -20,7 +20,8 @@ def _cfg(*overrides):
     return load_config(REPO / "conf" / "quic.yaml", list(overrides))
 
 
-@pytest.mark.parametrize("name", [*GRADIENT, "famo"])
+@pytest.mark.parametrize("name", [*(g if g != "nash_mtl" else pytest.param(g, marks=pytest.mark.slow) for g in GRADIENT),
+                                  "famo"])
 def test_each_weighting_trains_two_rounds_by_name_and_logs_its_weights(name, tmp_path):
     cfg = _cfg(f"output_dir={tmp_path}", f"model.weighting.name={name}", "data.subflows_per_flow=2",
                "federated.rounds=2", "federated.base_stations=2", "federated.edge_servers=2", "logging.energy=false",
