@@ -123,8 +123,11 @@ def test_strategies_with_client_state_match_on_flower(strategy, extra, tmp_path)
     for ours, theirs in zip(reference.history, flower.history):
         assert theirs[key] == pytest.approx(ours[key], abs=1e-6)
         assert theirs["comm/bytes_up"] == ours["comm/bytes_up"]
-        # What Flower serialised is what fedaux counted, plus Flower's framing.
-        assert ours[f"comm/bytes_up/{TIER_EDGE}"] < theirs["comm/flower_bytes_up"] <= 1.05 * ours[f"comm/bytes_up/{TIER_EDGE}"]
+        # What Flower serialised is what fedaux counted, plus Flower's framing: a few hundred bytes
+        # an array (.npy header, content id), 13.9% of the compressed uplink measured here (its
+        # 50-odd arrays are small), under 2% of full-precision states.
+        limit = 1.2 if strategy == "fedavg" and extra[0].startswith("federated.compression") else 1.05
+        assert ours[f"comm/bytes_up/{TIER_EDGE}"] < theirs["comm/flower_bytes_up"] <= limit * ours[f"comm/bytes_up/{TIER_EDGE}"]
     if strategy == "scaffold":
         for name, c in reference.orchestrator.strategy.control.items():
             assert (c - flower.orchestrator.strategy.control[name]).abs().max() <= 1e-4, name

@@ -32,6 +32,8 @@ def run_figures(run: dict[str, Any]) -> dict[str, float | None]:
     (a lower bound on its true value) and has no MB or compute to target."""
     summary = run["summary"]
     out = {key: summary.get(key) for key in FIGURES}
+    if not summary.get("accuracy_key", "val/").startswith("val/"):
+        out["final_f1"] = None  # a personalised method's F1 would be its untrained global heads'; not shown
     reached = summary.get("rounds_to_target")
     out["rounds_to_target_censored"] = float(reached if reached is not None else summary["rounds"] + 1)
     out["reached"] = reached is not None
