@@ -140,7 +140,7 @@ def run_bench(config_path: str, overrides: list[str], only: list[str] | None = N
                             f"the run cache (`{bench.cache}`, filled by earlier invocations of the same command).")
     results["findings"] = [line for name, board in results["boards"].items()
                            for line in significance_findings(name, board["stats"], _as_board(board["config"]), bench.alpha)]
-    command = " ".join(["fedaux-bench", "--config", config_path, *overrides])
+    command = " ".join(["fedaux-bench", "--config", config_path, *overrides, *(["--only", *only] if only else [])])
     previous_path.write_text(json.dumps(results, indent=1, default=str))
     (out_dir / "results.md").write_text(render(results, bench, command))
     return results
