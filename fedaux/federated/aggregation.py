@@ -35,6 +35,11 @@ class EdgeRule(Protocol):
 AGGREGATION_RULES: Registry[Callable[..., EdgeRule]] = Registry("aggregation rule", "federated.aggregation")
 
 
+def cpu_state(module: torch.nn.Module) -> State:
+    """A detached CPU copy of a module's state dict (safe to keep while the module trains on)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
 def state_nbytes(state: Mapping[str, torch.Tensor]) -> int:
     """Exact bytes of the tensors' data in a state dict (what goes over the wire, before framing)."""
     return sum(t.numel() * t.element_size() for t in state.values())

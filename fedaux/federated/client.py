@@ -22,6 +22,7 @@ import torch
 from fedaux.data.datamodule import ClientDataModule, HeldOutDataModule
 from fedaux.data.samples import SampleSet
 from fedaux.errors import ConfigError
+from fedaux.federated.aggregation import cpu_state  # noqa: F401  (defined with the other state helpers; re-exported)
 from fedaux.federated.compression import UplinkCompression
 from fedaux.federated.privacy import DPSGD, DPSGD_HISTORY, ClientLevelDP
 from fedaux.federated.strategies import Strategy
@@ -134,11 +135,6 @@ def quiet_lightning():
             yield
         finally:
             logger.setLevel(level)
-
-
-def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A detached CPU copy of a module's state dict (safe to keep while the module trains on)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 def client_trainer(local_epochs: int, gradient_clip_val: float | None, callbacks: Sequence[L.Callback] = (),

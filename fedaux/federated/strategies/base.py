@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 
+from fedaux.federated.aggregation import cpu_state
 from fedaux.registry import Registry
 
 State = dict[str, torch.Tensor]
@@ -97,16 +98,13 @@ class Strategy:
     def client_upload(self, model: torch.nn.Module, payload: Mapping[str, torch.Tensor],
                       local_state: Mapping[str, torch.Tensor], callbacks: Sequence[L.Callback]) -> tuple[State, State]:
         """``(upload, new local state)`` after the fit; the upload has the payload's keys."""
-        state = _cpu_state(model)
+        state = cpu_state(model)
         return {k: state[k] for k in payload}, {}
 
     def headline_key(self, main_task: str) -> str:
         """The record key whose value is the method's main-task accuracy (rounds to target, plots)."""
         return f"val/acc/{main_task}"
 
-
-def _cpu_state(model: torch.nn.Module) -> State:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 class ParameterGradientHook(L.Callback):

@@ -10,7 +10,8 @@ its base stations' own models (``personal/acc/*`` on the global held-out flows a
 
 from __future__ import annotations
 
-from fedaux.federated.strategies.base import STRATEGIES, State, Strategy, _cpu_state
+from fedaux.federated.aggregation import cpu_state
+from fedaux.federated.strategies.base import STRATEGIES, State, Strategy
 
 LOCAL_PREFIXES = ("heads.",)  # state-dict entries that stay on the base station
 
@@ -29,7 +30,7 @@ class FedPer(Strategy):
         return {k: v for k, v in global_state.items() if not is_local(k)}
 
     def client_upload(self, model, payload, local_state, callbacks) -> tuple[State, State]:
-        state = _cpu_state(model)
+        state = cpu_state(model)
         return {k: state[k] for k in payload}, {k: v for k, v in state.items() if is_local(k)}
 
     def headline_key(self, main_task: str) -> str:

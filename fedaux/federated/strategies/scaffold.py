@@ -27,7 +27,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from fedaux.federated.strategies.base import STRATEGIES, ParameterGradientHook, State, Strategy, _cpu_state
+from fedaux.federated.aggregation import cpu_state
+from fedaux.federated.strategies.base import STRATEGIES, ParameterGradientHook, State, Strategy
 
 CONTROL = "control/"  # prefix of control-variate entries in payloads, uploads and local state
 
@@ -85,7 +86,7 @@ class Scaffold(Strategy):
         return [ControlCorrection({k: payload[CONTROL + k] - mine[k] for k in self.param_names})]
 
     def client_upload(self, model, payload, local_state, callbacks) -> tuple[State, State]:
-        state = _cpu_state(model)
+        state = cpu_state(model)
         hook = next(c for c in callbacks if isinstance(c, ControlCorrection))
         mine = self._client_control(payload, local_state)
         new: State = {}
