@@ -7,6 +7,7 @@ and a benchmark killed half-way restarts with only the runs it had not finished.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -42,8 +43,14 @@ class RunSpec:
     def key(self) -> str:
         """A digest of what the resolved config sets differently from the schema's defaults: equal
         configs share one cached run, and a new config option with a default (a later version of
-        fedaux) leaves the keys of existing runs unchanged."""
-        return config_key(self.load())
+        fedaux) leaves the keys of existing runs unchanged. Worked out once per spec: loading the
+        config is most of a cached benchmark's time."""
+        return _spec_key(self)
+
+
+@functools.lru_cache(maxsize=None)
+def _spec_key(spec: RunSpec) -> str:
+    return config_key(spec.load())
 
 
 def config_key(cfg: DictConfig) -> str:
