@@ -48,7 +48,7 @@ class RunSpec:
         return _spec_key(self)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _spec_key(spec: RunSpec) -> str:
     return config_key(spec.load())
 
