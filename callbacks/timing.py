@@ -5,44 +5,33 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import lightning as L
 from typing_extensions import override
 
 from fedaux.federated.hooks import CALLBACKS, KeepsTotals, RoundCallback, at_target
 
 
 @CALLBACKS.register("timer")
-class RoundTimer(KeepsTotals, L.Callback, RoundCallback):
+class RoundTimer(KeepsTotals, RoundCallback):
     """Times rounds (round hooks) and each client's local fit.
 
     Adds ``time/round_s`` (wall time of the round, training to evaluation), ``time/compute_s``
     (sum of the clients' fit times as each client measured it: the compute a round costs however
     clients are spread over machines), ``time/client_fit_max_s`` (the slowest client: a round's
     critical path when clients train in parallel), ``time/eval_s``, and cumulative
-    ``time/total_s`` and ``time/compute_total_s``. As a Lightning callback on the in-process
-    engine's client Trainers it also adds ``time/train_loop_s``, the part of the fits spent inside
-    Lightning's training loop (the rest is Trainer set-up and teardown). To the summary it adds
+    ``time/total_s`` and ``time/compute_total_s``, and ``time/train_loop_s``, the part of the fits
+    spent inside Lightning's training loop (the rest is Trainer set-up and teardown; each fit
+    measures it, so it is there whichever engine or worker ran the fit). To the summary it adds
     ``total_time_s``, ``time_s_to_target``, ``total_compute_s`` and ``compute_s_to_target``.
     """
 
     def __init__(self, clock=time.perf_counter) -> None:
         self._clock = clock
-        self._round_start = self._fit_start = self._eval_start = 0.0
+        self._round_start = self._eval_start = 0.0
         self._fits: list[float] = []
         self._loops: list[float] = []
         self._eval_s = 0.0
         self._totals = {"wall": 0.0, "compute": 0.0}
 
-    # Lightning hooks: attached to every client Trainer by the orchestrator.
-    @override
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fit_start = self._clock()
-
-    @override
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._loops.append(self._clock() - self._fit_start)
-
-    # Round hooks.
     @override
     def on_round_start(self, orchestrator, rnd: int, clients: list[int]) -> None:
         self._round_start = self._clock()
@@ -51,6 +40,7 @@ class RoundTimer(KeepsTotals, L.Callback, RoundCallback):
     @override
     def on_client_done(self, orchestrator, rnd: int, update) -> None:
         self._fits.append(update.fit_seconds)
+        self._loops.append(update.loop_seconds)
 
     @override
     def on_aggregated(self, orchestrator, rnd: int, aggregate) -> None:

@@ -154,6 +154,10 @@ class FederatedConfig:
     eval_batch_size: int = 1024
     gradient_clip_val: float | None = 1.0
     client_timeout_s: float | None = None  # drop a base station that has not answered by then
+    # In-process engine: local fits at once, each in a worker process with cores // workers torch
+    # threads (fedaux/federated/workers.py); 1 fits them one after another in the main process.
+    # null: the machine's cores. Results do not depend on it beyond the threads per fit.
+    workers: int | None = None
     min_clients: int = 1  # fewer valid updates in a round stops the run (after the last checkpoint)
     update_norm_bound: float | None = None  # reject updates farther than this (L2) from the global state
     # A STRATEGIES name: fedavg | fedprox | scaffold | fedavgm | fedadam | fedper | fedrep (fedaux/federated/strategies/)
@@ -407,6 +411,9 @@ def validate(cfg: DictConfig) -> None:
     for key in positive:
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
+    if cfg.federated.workers is not None and cfg.federated.workers < 1:
+        raise ConfigError(f"federated.workers={cfg.federated.workers} must be >= 1 (1: fit base stations one after "
+                          "another in the main process; null: one worker per core)")
     if cfg.federated.edge_servers > cfg.federated.base_stations:
         raise ConfigError(
             f"federated.edge_servers={cfg.federated.edge_servers} exceeds federated.base_stations="

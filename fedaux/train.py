@@ -21,6 +21,7 @@ from fedaux.federated.hooks import RoundCallback, build_callback
 from fedaux.federated.orchestrator import FederatedOrchestrator
 from fedaux.federated.privacy import ClientLevelDP, dp_sgd_settings
 from fedaux.federated.strategies import build_strategy
+from fedaux.federated.workers import available_cores
 from fedaux.model import build_model
 
 # Built-in callbacks every run gets (those disabled by config build to None), in this order:
@@ -87,12 +88,25 @@ def build_orchestrator(cfg: DictConfig, data: FederatedData | None = None,
         aggregation=fed.aggregation, trim_fraction=fed.trim_fraction, trainer_options=trainer_options,
         strategy=build_strategy(fed, model), compression=Compression.from_config(fed.compression),
         privacy=ClientLevelDP.from_config(cfg.privacy), dp_sgd=dp_sgd_settings(cfg.privacy),
+        **worker_layout(fed, len(data.clients)),
     )
 
 
+def worker_layout(fed: DictConfig, num_clients: int) -> dict[str, int]:
+    """``workers`` and ``worker_threads`` for the orchestrator from ``federated.workers``.
+
+    No more workers than base stations per round (an idle process only costs memory), and the
+    cores shared evenly between them: one torch thread each when there is a worker per core.
+    """
+    cores = available_cores()
+    per_round = max(1, int(round(fed.fraction * num_clients)))
+    workers = min(fed.workers if fed.workers is not None else cores, per_round)
+    return {"workers": workers, "worker_threads": max(1, cores // workers)}
+
+
 # Keys that may change between a run and its resumption: where output goes, how it is logged,
-# and how many rounds to run in all (a run may be extended).
-RESUMABLE_CHANGES = ("output_dir", "logging", "federated.rounds")
+# how many rounds to run in all (a run may be extended) and how many processes fit them.
+RESUMABLE_CHANGES = ("output_dir", "logging", "federated.rounds", "federated.workers")
 
 
 def config_differences(saved: DictConfig, current: DictConfig) -> list[str]:

@@ -26,10 +26,11 @@ TIME_KEYS = ("time/",)
 
 
 def _cfg(tmp_path, *extra):
+    # One process unless a test asks for workers: injected faults below read the parent's state.
     return load_config(REPO / "conf" / "quic.yaml", [
         f"output_dir={tmp_path}", "federated.rounds=2", "federated.base_stations=3", "federated.edge_servers=1",
         "data.subflows_per_flow=4", "logging.progress=false", "logging.energy=false", "logging.plots=false",
-        "logging.wandb.mode=disabled", *extra])
+        "logging.wandb.mode=disabled", "federated.workers=1", *extra])
 
 
 def _metrics(run_dir):
@@ -38,42 +39,56 @@ def _metrics(run_dir):
 
 
 class FaultInjector(L.Callback, RoundCallback):
-    """Makes one base station fail for real inside its Lightning fit: raise, hang or send NaN."""
+    """Makes one base station fail for real inside its Lightning fit: raise, hang, send NaN or (in
+    a worker process) die. It knows the base station from ``trainer.datamodule.client``, so it
+    works in the main process and, as a copy, in worker processes."""
 
     def __init__(self, client: int, mode: str) -> None:
         self.client, self.mode = client, mode
-        self.release = threading.Event()  # lets a hung fit end once the test is over
+        self.release = threading.Event()  # lets a hung fit in this process end once the test is over
 
-    def on_client_start(self, orchestrator, rnd, client):
-        self.current_client = client
+    def __getstate__(self):  # a worker's copy hangs until its process is stopped
+        return {"client": self.client, "mode": self.mode}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, release=None)
 
     def on_train_start(self, trainer, pl_module):
-        if self.current_client != self.client:
+        if trainer.datamodule.client != self.client:
             return
         if self.mode == "raise":
             raise RuntimeError("radio link lost")
+        if self.mode == "die":
+            os._exit(3)
         if self.mode == "hang":
+            if self.release is None:
+                time.sleep(600)
             self.release.wait(120)
             raise RuntimeError("released after the test")
 
     def on_train_end(self, trainer, pl_module):
-        if self.mode == "nan" and self.current_client == self.client:
+        if self.mode == "nan" and trainer.datamodule.client == self.client:
             with torch.no_grad():
                 next(pl_module.parameters()).fill_(float("nan"))
 
 
-@pytest.mark.parametrize("mode", ["raise", "hang", "nan"])
-def test_one_bad_base_station_of_three_is_dropped_and_the_run_completes(tmp_path, caplog, mode):
+@pytest.mark.parametrize(("mode", "workers"), [("raise", 1), ("hang", 1), ("nan", 1), ("raise", 2), ("hang", 2),
+                                               ("nan", 2), ("die", 2)])
+def test_one_bad_base_station_of_three_is_dropped_and_the_run_completes(tmp_path, caplog, mode, workers):
     injector = FaultInjector(client=1, mode=mode)
     extra = ["federated.client_timeout_s=5"] if mode == "hang" else []
     try:
-        result = run(_cfg(tmp_path, *extra), callbacks=[injector])
+        result = run(_cfg(tmp_path, *extra, f"federated.workers={workers}"), callbacks=[injector])
     finally:
         injector.release.set()
+    assert result.orchestrator.workers == workers
     assert [r["clients"] for r in result.history] == [2, 2]
     assert [r["clients/dropped"] for r in result.history] == [1, 1]
-    reason = {"raise": "raised RuntimeError: radio link lost", "hang": "no answer within federated.client_timeout_s=5 s",
-              "nan": "update rejected: trunk.layers.0.weight holds NaN or inf"}[mode]
+    hang = ("no answer within federated.client_timeout_s=5 s" +
+            (" (its worker process was stopped and replaced)" if workers > 1 else ""))
+    reason = {"raise": "raised RuntimeError: radio link lost", "hang": hang,
+              "nan": "update rejected: trunk.layers.0.weight holds NaN or inf",
+              "die": "its worker process died (exit code 3) during the local fit"}[mode]
     assert all(r["clients/dropped_reasons"] == f"1: {reason}" for r in result.history)
     assert f"base station 1 dropped: {reason}" in caplog.text
     assert result.orchestrator.rejections == {1: 2}

@@ -67,14 +67,16 @@ class ClientDataModule(L.LightningDataModule):
     """One base station's private training samples.
 
     ``seed`` fixes the shuffling order; the orchestrator changes it every round so a client does
-    not see its batches in the same order each time.
+    not see its batches in the same order each time. ``client`` is the base station's index (None
+    where unknown): Lightning callbacks read it as ``trainer.datamodule.client``, in whichever
+    process the fit runs.
     """
 
-    def __init__(self, train: SampleSet, batch_size: int = 32, seed: int = 0) -> None:
+    def __init__(self, train: SampleSet, batch_size: int = 32, seed: int = 0, client: int | None = None) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"federated.batch_size={batch_size} must be >= 1")
-        self.train_samples, self.batch_size, self.seed = train, batch_size, seed
+        self.train_samples, self.batch_size, self.seed, self.client = train, batch_size, seed, client
 
     def train_dataloader(self) -> DataLoader:
         return batch_loader(self.train_samples, self.batch_size, shuffle=True, seed=self.seed)

@@ -29,6 +29,7 @@ from fedaux.federated.strategies import Strategy
 from fedaux.labels import IGNORE_INDEX
 from fedaux.model.module import MultiTaskModule
 
+WEIGHTING_STATE = "weighting/"  # local-state prefix of what the loss weighting keeps between fits (DWA's history)
 ACCELERATORS = ("auto", "cpu", "gpu", "mps")  # what a base station's Trainer may run on (trainer.accelerator)
 
 
@@ -162,13 +163,28 @@ class ClientFit:
         local_state: what it keeps for its next round (personal heads, control variates; may be empty).
         metrics: the module's ``train/*`` epoch means of the last local epoch and, for personalised
             strategies, ``personal/*`` scores of the base station's own model.
-        seconds: wall time of the fit.
+        seconds: wall time of the fit (Trainer set-up to teardown).
+        loop_seconds: the part of it inside Lightning's training loop (the rest is set-up and teardown).
     """
 
     upload: dict[str, torch.Tensor]
     local_state: dict[str, torch.Tensor]
     metrics: dict[str, float]
     seconds: float
+    loop_seconds: float = 0.0
+
+
+class _LoopClock(L.Callback):
+    """Times Lightning's training loop inside a fit (``on_train_start`` to ``on_train_end``)."""
+
+    def __init__(self) -> None:
+        self.start = self.seconds = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds = time.perf_counter() - self.start
 
 
 def train_client(
@@ -188,6 +204,7 @@ def train_client(
     compression: UplinkCompression | None = None,
     privacy: ClientLevelDP | None = None,
     dp_sgd: tuple[float, float, float] | None = None,
+    client: int | None = None,
 ) -> ClientFit:
     """Start ``model`` from ``payload`` (and the base station's ``local_state``), fit it on
     ``samples`` and return what the strategy uploads and keeps.
@@ -199,11 +216,14 @@ def train_client(
     active uplink ``compression`` the upload is the encoded update (``<name>#<part>`` entries) and
     the local state gains the error-feedback residuals. ``privacy`` (local mode) clips and noises
     the upload; ``dp_sgd`` ``(clip_norm, noise_multiplier, delta)`` trains with Opacus' DP-SGD and
-    reports the base station's cumulative ``privacy/client_epsilon``.
+    reports the base station's cumulative ``privacy/client_epsilon``. ``client`` (the base
+    station's index) is ``trainer.datamodule.client`` for Lightning callbacks.
     """
     strategy = strategy or Strategy([n for n, _ in model.named_parameters()])
     local_state = local_state or {}
     strategy.load_client(model, payload, local_state, initial_state if initial_state is not None else payload)
+    model.weighting.load_local_state({k[len(WEIGHTING_STATE):]: v for k, v in local_state.items()
+                                      if k.startswith(WEIGHTING_STATE)})
     method_callbacks = strategy.client_callbacks(model, payload, local_state)
     torch.manual_seed(seed)  # RLW draws and any dropout repeat exactly for this (round, client)
     start = time.perf_counter()
@@ -213,12 +233,13 @@ def train_client(
     if dp_sgd is not None:  # Opacus clips every sample's gradient; Lightning must not clip the batch's
         model.dp_sgd = DPSGD(*dp_sgd, seed=seed, history=local_state.get(DPSGD_HISTORY))
         gradient_clip_val = None
+    clock = _LoopClock()
     try:
         with quiet_lightning():
             trainer = client_trainer(strategy.local_epochs(local_epochs),
                                      gradient_clip_val if model.automatic_optimization else None,
-                                     [*method_callbacks, *callbacks], trainer_options)
-            trainer.fit(model, ClientDataModule(samples, batch_size=batch_size, seed=seed))
+                                     [*method_callbacks, *callbacks, clock], trainer_options)
+            trainer.fit(model, ClientDataModule(samples, batch_size=batch_size, seed=seed, client=client))
     finally:
         private, model.dp_sgd = model.dp_sgd, None
         if private is not None:
@@ -230,6 +251,8 @@ def train_client(
     if strategy.personalised and test is not None:
         metrics.update(personal_scores(model, test, samples))
     upload, kept = strategy.client_upload(model, payload, local_state, method_callbacks)
+    if weighting_state := model.weighting.local_state():
+        kept = {**kept, **{WEIGHTING_STATE + k: v for k, v in weighting_state.items()}}
     if private is not None:
         kept = {**kept, DPSGD_HISTORY: private.history_tensor()}
     if privacy is not None:  # local DP: clip and noise before the update leaves (then compression)
@@ -237,7 +260,7 @@ def train_client(
     if compression is not None and compression.active:
         upload, residuals = compression.encode(upload, payload, local_state)
         kept = {**kept, **residuals}
-    return ClientFit(upload, kept, metrics, seconds)
+    return ClientFit(upload, kept, metrics, seconds, clock.seconds)
 
 
 @torch.no_grad()
@@ -287,6 +310,9 @@ class GlobalEvaluator:
 
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         self.model.load_state_dict(state)
+        # The global model has no base station's weighting history (DWA): val/loss must not
+        # depend on which base station last trained this model object.
+        self.model.weighting.load_local_state({})
         with quiet_lightning():
             results = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
         return {k: float(v) for k, v in results[0].items()}

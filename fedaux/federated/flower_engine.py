@@ -158,11 +158,12 @@ def train(msg: Message, context: Context) -> Message:
         trainer_options=TrainerOptions.from_config(cfg.trainer), strategy=strategy, local_state=local_state,
         initial_state=initial_state, test=test, compression=compression.uplink,
         privacy=privacy if privacy is not None and privacy.mode == "local" else None,
-        dp_sgd=dp_sgd_settings(cfg.privacy),
+        dp_sgd=dp_sgd_settings(cfg.privacy), client=client,
     )
     if fit.local_state:
         context.state[LOCAL_STATE] = to_record(fit.local_state)
-    metrics = MetricRecord({"client": client, "num-examples": len(samples), "fit_seconds": fit.seconds, **fit.metrics})
+    metrics = MetricRecord({"client": client, "num-examples": len(samples), "fit_seconds": fit.seconds,
+                             "loop_seconds": fit.loop_seconds, **fit.metrics})
     return Message(content=RecordDict({ARRAYS: to_record(fit.upload), METRICS: metrics}), reply_to=msg)
 
 
@@ -257,7 +258,7 @@ class TwoTierFedAvgStrategy(Strategy):
                 client=client, edge=int(self.orchestrator.data.partition.edge_of_client[client]),
                 state=from_record(reply.content[ARRAYS]), num_samples=int(metrics["num-examples"]),
                 train_metrics={k: float(v) for k, v in metrics.items() if k.startswith(("train/", "personal/", "privacy/"))},
-                fit_seconds=float(metrics["fit_seconds"]),
+                fit_seconds=float(metrics["fit_seconds"]), loop_seconds=float(metrics.get("loop_seconds", 0.0)),
             ))
         for client in sorted(set(self._selected) - answered):
             self.orchestrator.drop(rnd, client, "no reply within the round's timeout")

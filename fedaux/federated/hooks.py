@@ -40,6 +40,7 @@ class ClientUpdate:
     fit_seconds: float
     nbytes: int = 0  # bytes of ``state`` as sent
     local_state: dict[str, torch.Tensor] | None = None  # what the base station keeps (in-process engine)
+    loop_seconds: float = 0.0  # the part of ``fit_seconds`` inside Lightning's training loop
 
     @property
     def train_loss(self) -> float:

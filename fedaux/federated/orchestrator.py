@@ -18,13 +18,14 @@ import numpy as np
 
 from fedaux.data.samples import FederatedData
 from fedaux.federated.aggregation import TwoTierAggregator, state_nbytes
-from fedaux.federated.client import GlobalEvaluator, TrainerOptions, cpu_state, derived_seed, train_client
+from fedaux.federated.client import ClientFit, GlobalEvaluator, TrainerOptions, cpu_state, derived_seed, train_client
 from fedaux.federated.compression import Compression
 from fedaux.federated.errors import ClientTimeout, NotEnoughClients
 from fedaux.federated.hooks import ClientUpdate, RoundAggregate, RoundCallback
 from fedaux.federated.privacy import ClientLevelDP
 from fedaux.federated.strategies import Strategy
 from fedaux.federated.validation import update_problem
+from fedaux.federated.workers import ClientWorkers, FitSettings
 from fedaux.model.module import MultiTaskModule
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,10 @@ class FederatedOrchestrator:
         compression: the uplink and downlink codecs (:mod:`fedaux.federated.compression`).
         privacy: client-level differential privacy, central or local (:mod:`fedaux.federated.privacy`).
         dp_sgd: ``(clip_norm, noise_multiplier, delta)`` for sample-level DP-SGD in every local fit.
+        workers: local fits run at once, each in its own process (:mod:`fedaux.federated.workers`)
+            with ``worker_threads`` torch threads; 1 fits the base stations one after another in
+            this process, with its torch threads. Updates are folded in base-station order either
+            way, so with equal threads per fit the weights are equal bit for bit.
 
     Its :meth:`state_dict` (completed rounds, global state, history, drop counts, the strategy's
     server state, the privacy accountant, the base stations' local states, the edge servers'
@@ -108,7 +113,11 @@ class FederatedOrchestrator:
         compression: Compression | None = None,
         privacy: ClientLevelDP | None = None,
         dp_sgd: tuple[float, float, float] | None = None,
+        workers: int = 1,
+        worker_threads: int = 1,
     ) -> None:
+        if workers < 1 or worker_threads < 1:
+            raise ValueError(f"workers={workers} and worker_threads={worker_threads} must be at least 1")
         self.model, self.data = model, data
         self.rounds, self.local_epochs, self.batch_size = rounds, local_epochs, batch_size
         self.fraction, self.seed, self.gradient_clip_val = fraction, seed, gradient_clip_val
@@ -134,6 +143,8 @@ class FederatedOrchestrator:
         self.history: list[dict[str, Any]] = []
         self.completed_rounds = 0
         self.summary: dict[str, Any] | None = None
+        self.workers, self.worker_threads = workers, worker_threads
+        self._pool: ClientWorkers | None = None  # started at the first parallel round, stopped by close()
 
     # ------------------------------------------------------------------ hooks
     def _call(self, hook: str, *args: Any) -> None:
@@ -194,8 +205,9 @@ class FederatedOrchestrator:
 
     # ------------------------------------------------------------------ one round
     def fit_client(self, client: int, rnd: int) -> ClientUpdate:
-        """Train one base station. With ``client_timeout_s`` the fit runs in a worker thread on its
-        own copy of the model, so a client that hangs can be abandoned without touching shared state."""
+        """Train one base station in this process. With ``client_timeout_s`` the fit runs in a
+        worker thread on its own copy of the model, so a client that hangs can be abandoned
+        without touching shared state."""
         samples = self.data.clients[client]
         model = self.model if self.client_timeout_s is None else copy.deepcopy(self.model)
 
@@ -205,14 +217,53 @@ class FederatedOrchestrator:
                 seed=derived_seed(self.seed, rnd, client), gradient_clip_val=self.gradient_clip_val,
                 callbacks=self.lightning_callbacks, trainer_options=self.trainer_options, strategy=self.strategy,
                 local_state=self.client_states.get(client), initial_state=self.initial_state, test=self.data.test,
-                compression=self.compression.uplink, privacy=self.privacy, dp_sgd=self.dp_sgd,
+                compression=self.compression.uplink, privacy=self.privacy, dp_sgd=self.dp_sgd, client=client,
             )
 
         self._call("on_client_start", rnd, client)
         result = fit() if self.client_timeout_s is None else _with_timeout(fit, self.client_timeout_s)
+        return self._client_update(client, result)
+
+    def _client_update(self, client: int, fit: ClientFit) -> ClientUpdate:
         edge = int(self.data.partition.edge_of_client[client])
-        return ClientUpdate(client, edge, result.upload, len(samples), result.metrics, result.seconds,
-                            local_state=result.local_state)
+        return ClientUpdate(client, edge, fit.upload, len(self.data.clients[client]), fit.metrics, fit.seconds,
+                            local_state=fit.local_state, loop_seconds=fit.loop_seconds)
+
+    def _fit_settings(self) -> FitSettings:
+        """What every worker process needs for any base station's fit (sent once per worker)."""
+        return FitSettings(
+            model=self.model, clients=self.data.clients, local_epochs=self.local_epochs, batch_size=self.batch_size,
+            gradient_clip_val=self.gradient_clip_val, callbacks=self.lightning_callbacks,
+            trainer_options=self.trainer_options, strategy=self.strategy, initial_state=self.initial_state,
+            test=self.data.test if self.strategy.personalised else None, compression=self.compression.uplink,
+            privacy=self.privacy, dp_sgd=self.dp_sgd, threads=self.worker_threads,
+        )
+
+    def _fits_in_workers(self, rnd: int, clients: list[int]):
+        """``(client, ClientUpdate | reason)`` in base-station order, fitted by the worker processes."""
+        if self._pool is None:
+            self._pool = ClientWorkers(self._fit_settings(), self.workers, self.client_timeout_s)
+        seeds = {c: derived_seed(self.seed, rnd, c) for c in clients}
+        states = {c: self.client_states.get(c) for c in clients}
+        for client, outcome in self._pool.fit(clients, self._payload, seeds, states,
+                                              on_dispatch=lambda c: self._call("on_client_start", rnd, c)):
+            yield client, outcome if isinstance(outcome, str) else self._client_update(client, outcome)
+
+    def _fits_here(self, rnd: int, clients: list[int]):
+        """``(client, ClientUpdate | reason)`` in base-station order, fitted one after another here."""
+        for client in clients:
+            try:
+                yield client, self.fit_client(client, rnd)
+            except ClientTimeout as err:
+                yield client, str(err)
+            except Exception as err:  # a failing base station must not end the federation
+                yield client, f"raised {type(err).__name__}: {err}"
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (:meth:`run` does it; a caller of :meth:`run_round` should)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def start_round(self, rnd: int) -> list[int]:
         """Pick the round's base stations, open a fresh aggregator and call ``on_round_start``."""
@@ -257,16 +308,15 @@ class FederatedOrchestrator:
         self._call("on_client_dropped", rnd, client, reason)
 
     def run_round(self, rnd: int) -> dict[str, Any]:
-        for client in self.start_round(rnd):
-            try:
-                update = self.fit_client(client, rnd)
-            except ClientTimeout as err:
-                self.drop(rnd, client, str(err))
-                continue
-            except Exception as err:  # a failing base station must not end the federation
-                self.drop(rnd, client, f"raised {type(err).__name__}: {err}")
-                continue
-            self.receive(rnd, update)
+        """One in-process round: local fits (in worker processes when ``workers > 1``), then
+        :meth:`finish_round`. A base station that raises, hangs or whose worker dies is dropped."""
+        clients = self.start_round(rnd)
+        fits = self._fits_in_workers(rnd, clients) if self.workers > 1 else self._fits_here(rnd, clients)
+        for client, outcome in fits:
+            if isinstance(outcome, str):
+                self.drop(rnd, client, outcome)
+            else:
+                self.receive(rnd, outcome)
         return self.finish_round(rnd)
 
     def _aggregate(self, rnd: int) -> RoundAggregate:
@@ -370,6 +420,7 @@ class FederatedOrchestrator:
             failed = False
             return self.summary
         finally:
+            self.close()
             self._call("on_run_teardown", failed)
 
     def _run_rounds(self) -> None:

@@ -163,8 +163,7 @@ class MultiTaskModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.manual_clip_val, gradient_clip_algorithm="norm")
 
     def on_train_start(self) -> None:
-        if hasattr(self.weighting, "start_fit"):
-            self.weighting.start_fit()
+        self.weighting.start_fit()
 
     def on_train_batch_end(self, outputs, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         # Loss-rate methods (FAMO) compare the batch's losses before and after the step.

@@ -47,6 +47,22 @@ class LossWeighting(nn.Module):
     def on_epoch_end(self) -> None:
         """Called at the end of each training epoch; strategies with loss history use it."""
 
+    def start_fit(self) -> None:
+        """Called when a local fit starts: drop any state left by the previous fit of this model
+        object, which may have been another base station's (one model object trains them in turn)."""
+
+    def local_state(self) -> dict[str, torch.Tensor]:
+        """What this weighting keeps between a base station's local fits (e.g. DWA's loss history).
+
+        The base station keeps it with its other local state (personal heads, control variates):
+        never sent, never averaged, restored by :meth:`load_local_state` before its next fit, so a
+        fit depends only on its own base station's past, whichever process or node runs it.
+        """
+        return {}
+
+    def load_local_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`local_state` before a fit; ``{}`` (a base station's first fit) starts fresh."""
+
 
 # Every strategy module in this package registers its class here with ``@WEIGHTINGS.register(name)``;
 # the package imports each of its modules, so a new strategy is one file.

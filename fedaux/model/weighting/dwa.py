@@ -15,8 +15,8 @@ from fedaux.model.weighting.base import WEIGHTINGS, LossWeighting
 class DynamicWeightAverage(LossWeighting):
     """``w_i = T * softmax(r_i / temperature)`` with ``r_i = L_i(e-1) / L_i(e-2)``, from epoch means.
 
-    Weights are 1 until two epochs of history exist. The history lives in non-persistent buffers:
-    it is local to the model object that trains and is never exchanged or averaged.
+    Weights are 1 until two epochs of history exist. The history is each base station's own: kept
+    with its local state between its fits (:meth:`local_state`), never exchanged or averaged.
     """
 
     def __init__(self, tasks: Sequence[str], main_task: str, temperature: float = 2.0) -> None:
@@ -41,6 +41,15 @@ class DynamicWeightAverage(LossWeighting):
             return torch.ones_like(losses)
         ratio = self._history[-1] / self._history[-2].clamp_min(1e-12)
         return (len(self.tasks) * torch.softmax(ratio / self.temperature, dim=0)).to(losses)
+
+    def local_state(self) -> dict[str, torch.Tensor]:
+        return {"history": self._history.detach().cpu().clone()}
+
+    def load_local_state(self, state: dict[str, torch.Tensor]) -> None:
+        history = state.get("history")
+        self._history = (torch.zeros(0, len(self.tasks)) if history is None else history.clone()).to(self._epoch_sum)
+        self._epoch_sum.zero_()
+        self._epoch_steps.zero_()
 
     def on_epoch_end(self) -> None:
         if self._epoch_steps > 0:

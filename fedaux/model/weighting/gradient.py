@@ -40,6 +40,12 @@ class GradientAggregation(LossWeighting):
     def make_aggregator(self) -> jd.Aggregator:
         raise NotImplementedError
 
+    def start_fit(self) -> None:
+        # Stateful aggregators (Nash-MTL's last weights and step count) start afresh every fit.
+        reset = getattr(self.aggregator, "reset", None)
+        if reset is not None:
+            reset()
+
     def weights(self, losses: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(losses)  # validation loss only; training steps through backward()
 

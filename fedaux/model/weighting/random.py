@@ -17,7 +17,9 @@ class RandomWeighting(LossWeighting):
 
     The main task keeps weight 1 and the auxiliary weights are ``softmax(N(0, std^2))`` over the
     auxiliary tasks; with ``draw_main`` all tasks are drawn together. Draws use torch's global
-    generator, so ``seed_everything`` makes them repeatable.
+    generator, so ``seed_everything`` makes them repeatable. Outside training (``val/loss``) the
+    weights are the draws' expectation, ``1/K`` for each of the K drawn tasks by symmetry: a
+    validation loss is then a number of the model alone, not of where the generator stood.
 
     Example:
         >>> w = RandomWeighting(["main", "a", "b"], "main")
@@ -40,7 +42,9 @@ class RandomWeighting(LossWeighting):
 
     def weights(self, losses: torch.Tensor) -> torch.Tensor:
         weights = torch.ones_like(losses)
-        if len(self._drawn):
+        if len(self._drawn) and not self.training:
+            weights[self._drawn] = 1.0 / len(self._drawn)
+        elif len(self._drawn):
             draws = torch.randn(len(self._drawn), device=losses.device, dtype=losses.dtype) * self.std
             weights[self._drawn] = torch.softmax(draws, dim=0)
         return weights

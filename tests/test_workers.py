@@ -1,0 +1,98 @@
+"""Local fits in worker processes (``federated.workers``) give the sequential loop's weights."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from fedaux.config import load_config
+from fedaux.federated.workers import available_cores
+from fedaux.train import run, worker_layout
+from tests.conftest import REPO
+
+
+def _cfg(tmp_path, *extra):
+    return load_config(REPO / "conf" / "quic.yaml", [
+        f"output_dir={tmp_path}", "federated.rounds=3", "federated.base_stations=5", "federated.edge_servers=2",
+        "data.subflows_per_flow=4", "logging.progress=false", "logging.energy=false", "logging.plots=false",
+        "logging.wandb.mode=disabled", *extra])
+
+
+@contextmanager
+def torch_threads(n: int):
+    """The sequential loop fits with this process's threads; a worker with ``cores // workers``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _without_times(history):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in history]
+
+
+def _assert_same_run(a, b):
+    assert a.orchestrator.global_state.keys() == b.orchestrator.global_state.keys()
+    for key, value in a.orchestrator.global_state.items():
+        assert torch.equal(value, b.orchestrator.global_state[key]), key
+    assert _without_times(a.history) == _without_times(b.history)
+
+
+@pytest.mark.parametrize("extra", [
+    (),  # FedAuxHMTL as configured: RLW, full participation
+    ("federated.strategy=fedper", "model.weighting.name=dwa", "federated.fraction=0.6"),  # local state, sampling
+])
+def test_three_rounds_with_two_workers_equal_one_worker(tmp_path, extra):
+    # Same threads for every fit (and for the evaluation, which runs in this process either way).
+    with torch_threads(max(1, available_cores() // 2)):
+        sequential = run(_cfg(tmp_path / "one", "federated.workers=1", *extra))
+        parallel = run(_cfg(tmp_path / "two", "federated.workers=2", *extra))
+    assert (sequential.orchestrator.workers, parallel.orchestrator.workers) == (1, 2)
+    assert parallel.orchestrator.worker_threads == max(1, available_cores() // 2)
+    _assert_same_run(sequential, parallel)
+    # Each base station's own state (FedPer heads, DWA's loss history) came back from its worker.
+    if "federated.strategy=fedper" in extra:
+        states = parallel.orchestrator.client_states
+        assert states and all("weighting/history" in s for s in states.values())
+        for client, state in states.items():
+            for key, value in state.items():
+                assert torch.equal(value, sequential.orchestrator.client_states[client][key]), (client, key)
+
+
+def test_a_run_with_workers_resumes_to_the_uninterrupted_weights(tmp_path):
+    with torch_threads(max(1, available_cores() // 2)):
+        straight = run(_cfg(tmp_path / "straight", "federated.workers=1"))
+        first = run(_cfg(tmp_path / "resumed", "federated.workers=2", "federated.rounds=2"))
+        resumed = run(_cfg(tmp_path / "resumed", "federated.workers=2"), resume=first.run_dir)
+    _assert_same_run(straight, resumed)
+
+
+def test_worker_layout_shares_the_cores_and_never_exceeds_the_round(tmp_path):
+    fed = _cfg(tmp_path).federated
+    fed.workers = 64
+    assert worker_layout(fed, num_clients=5)["workers"] == 5  # no more processes than base stations per round
+    fed.fraction = 0.2
+    assert worker_layout(fed, num_clients=5) == {"workers": 1, "worker_threads": available_cores()}
+
+
+def test_workers_below_one_are_refused(tmp_path):
+    from fedaux.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"federated.workers=0 must be >= 1"):
+        _cfg(tmp_path, "federated.workers=0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_two_workers_share_one_gpu(tmp_path):
+    """Two worker processes fit on the same GPU; CUDA kernels need not be bit-repeatable across
+    processes, so the weights are compared with a tolerance."""
+    gpu = ("trainer.accelerator=gpu",)
+    one = run(_cfg(tmp_path / "one", "federated.workers=1", *gpu))
+    two = run(_cfg(tmp_path / "two", "federated.workers=2", *gpu))
+    assert two.orchestrator.workers == 2
+    for key, value in one.orchestrator.global_state.items():
+        torch.testing.assert_close(value, two.orchestrator.global_state[key], rtol=1e-3, atol=1e-4)
