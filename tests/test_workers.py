@@ -96,3 +96,26 @@ def test_two_workers_share_one_gpu(tmp_path):
     assert two.orchestrator.workers == 2
     for key, value in one.orchestrator.global_state.items():
         torch.testing.assert_close(value, two.orchestrator.global_state[key], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("local_epochs", [1, 2])
+def test_a_fit_on_the_reused_trainer_equals_a_fit_on_a_new_one(tmp_path, local_epochs):
+    """Every fit of a thread reuses one Trainer (fedaux.federated.client.client_trainer); what a
+    base station computes must not depend on what that Trainer fitted before."""
+    from fedaux.federated import client as client_module
+    from fedaux.train import build_orchestrator
+
+    orchestrator = build_orchestrator(_cfg(tmp_path, "federated.workers=1"))
+    payload, clients = dict(orchestrator.global_state), orchestrator.data.clients
+
+    def fit(client, new_trainer):
+        if new_trainer:
+            client_module._THREAD_TRAINERS.__dict__.clear()
+        return client_module.train_client(orchestrator.model, clients[client], payload, local_epochs, 32,
+                                          seed=100 + client, gradient_clip_val=1.0).upload
+
+    alone = fit(1, new_trainer=True)
+    fit(0, new_trainer=True)
+    after_another = fit(1, new_trainer=False)
+    for key, value in alone.items():
+        assert torch.equal(value, after_another[key]), key

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedaux.config import load_config
 
 # Keys that do not change what a run computes: left out of its identity.
-_NOT_IDENTITY = ("output_dir", "logging", "name")
+_NOT_IDENTITY = ("output_dir", "logging", "name", "federated.workers")
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,9 @@ def _init_worker(threads: int) -> None:
 def _run_one(spec: RunSpec, key: str, cache_dir: str, energy: bool) -> tuple[str, float]:
     """In a worker process: run ``spec`` and store its result under ``key``."""
     cfg = spec.load()
+    # The benchmark runs `jobs` experiments at once, each fitting its base stations in turn with
+    # cores // jobs threads: parallel across runs, which needs no per-round synchronisation.
+    cfg.federated.workers = 1
     started = time.perf_counter()
     result = run_quiet(cfg, _WORKER_DATA.get(cfg) if _WORKER_DATA else None, energy=energy)
     result["seconds"] = time.perf_counter() - started

@@ -13,14 +13,17 @@ OptimizerFactory = Callable[[Iterable[torch.nn.Parameter], Mapping[str, Any]], t
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", "model.optimizer.name")
 
 
+# foreach: torch picks the per-tensor Python loop on CPU; the multi-tensor kernels give the same
+# weights bit for bit in less time (one local step of this model: about 0.7x the optimiser's time,
+# measured on this project's 2-core VM). fused=True is faster still but not bit-identical.
 @OPTIMIZERS.register("adam")
 def adam(params: Iterable[torch.nn.Parameter], cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0))
+    return torch.optim.Adam(params, lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0), foreach=True)
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(params: Iterable[torch.nn.Parameter], cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0))
+    return torch.optim.AdamW(params, lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0), foreach=True)
 
 
 @OPTIMIZERS.register("sgd")
