@@ -86,7 +86,7 @@ def build_orchestrator(cfg: DictConfig, data: FederatedData | None = None,
         gradient_clip_val=fed.gradient_clip_val, eval_batch_size=fed.eval_batch_size, callbacks=callbacks,
         client_timeout_s=fed.client_timeout_s, min_clients=fed.min_clients, update_norm_bound=fed.update_norm_bound,
         aggregation=fed.aggregation, trim_fraction=fed.trim_fraction, trainer_options=trainer_options,
-        strategy=build_strategy(fed, model), compression=Compression.from_config(fed.compression),
+        strategy=build_strategy(fed, model), compression=Compression.from_config(fed.compression, model),
         privacy=ClientLevelDP.from_config(cfg.privacy), dp_sgd=dp_sgd_settings(cfg.privacy),
         **worker_layout(fed, len(data.clients)),
     )

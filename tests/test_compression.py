@@ -82,14 +82,27 @@ def test_fp16_halves_and_int8_quarters_the_uplink_bytes(tmp_path):
 
 
 def test_topk_uplink_keeps_a_residual_per_base_station(tmp_path):
+    from fedaux.federated.compression import running_statistics
+
     run = _run(tmp_path, "federated.compression.uplink=topk", "federated.compression.topk_fraction=0.1")
-    full = sum(t.numel() for t in run.global_state.values() if t.is_floating_point())
+    statistics = running_statistics(run.model)
+    assert statistics and all("running_" in name for name in statistics)
+    weights = {k: t for k, t in run.global_state.items() if t.is_floating_point() and k not in statistics}
     for client in range(3):
         residual = {k: v for k, v in run.client_states[client].items() if k.startswith(RESIDUAL)}
-        assert len(residual) == sum(1 for t in run.global_state.values() if t.is_floating_point())
-        assert sum(v.numel() for v in residual.values()) == full
-    ratio = run.history[-1][f"comm/bytes_up/{TIER_EDGE}"] / (3 * 4 * full)
-    assert 0.19 < ratio < 0.21  # 10% of the values, each with a 4-byte index
+        assert set(residual) == {RESIDUAL + k for k in weights}  # statistics travel whole: no residual
+        assert sum(v.numel() for v in residual.values()) == sum(t.numel() for t in weights.values())
+    sparse = sum(t.numel() for t in weights.values())
+    dense = sum(run.global_state[k].numel() for k in statistics)
+    ints = sum(t.numel() * t.element_size() for t in run.global_state.values() if not t.is_floating_point())
+    sent = run.history[-1][f"comm/bytes_up/{TIER_EDGE}"] / 3
+    # 10% of the weights, each value with a 4-byte index; the running statistics whole, as float32.
+    expected = 8 * math.ceil(0.1 * sparse) + 4 * dense + ints
+    assert abs(sent - expected) / expected < 0.01, (sent, expected)
+    assert 0.19 < sent / (4 * (sparse + dense)) < 0.21
+    for key in statistics:  # running variances stay positive (they went negative when sparsified)
+        if key.endswith("running_var"):
+            assert (run.global_state[key] > 0).all(), key
 
 
 def test_topk_downlink_is_refused_with_the_reason(tmp_path):

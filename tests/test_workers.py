@@ -15,7 +15,7 @@ from tests.conftest import REPO
 
 def _cfg(tmp_path, *extra):
     return load_config(REPO / "conf" / "quic.yaml", [
-        f"output_dir={tmp_path}", "federated.rounds=3", "federated.base_stations=5", "federated.edge_servers=2",
+        f"output_dir={tmp_path}", "federated.rounds=3", "federated.base_stations=9", "federated.edge_servers=2",
         "data.subflows_per_flow=4", "logging.progress=false", "logging.energy=false", "logging.plots=false",
         "logging.wandb.mode=disabled", *extra])
 

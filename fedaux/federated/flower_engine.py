@@ -100,7 +100,7 @@ def _model(yaml_text: str, target_classes_json: str):
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, json.loads(target_classes_json), cfg.data.packets, len(cfg.data.features))
-    return (model, cpu_state(model), build_strategy(cfg.federated, model), Compression.from_config(cfg.federated.compression),
+    return (model, cpu_state(model), build_strategy(cfg.federated, model), Compression.from_config(cfg.federated.compression, model),
             ClientLevelDP.from_config(cfg.privacy))
 
 

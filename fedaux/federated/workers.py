@@ -205,11 +205,11 @@ class ClientWorkers:
                     next_dispatch += 1
                     on_dispatch(client)
                     self._send(worker, client, payload_message, seeds[client], local_states.get(client))
-            while next_yield < len(order) and order[next_yield] in waiting:
+            if order[next_yield] in waiting:
                 client = order[next_yield]
-                yield client, waiting.pop(client)
                 next_yield += 1
-            if next_yield < len(order):
+                yield client, waiting.pop(client)
+            else:  # the next base station is being fitted (it was dispatched first): wait for answers
                 self._collect(waiting)
 
     def _send(self, worker: _Worker, client: int, payload_message: bytes, seed: int,
