@@ -219,16 +219,18 @@ def render(results: dict[str, Any], bench, command: str) -> str:
             lines += ["", f"![{axis}](results/sensitivity_{axis}.png)", ""]
     if results.get("scale"):
         lines += ["## Scale", "", results.get("scale_note", ""), "",
-                  "| base stations | s / round | peak RSS MB | RSS before rounds MB | RSS after each round MB | data MB "
-                  "| state dict MB | all clients' states would be MB |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| base stations | workers | s / round | peak RSS MB | RSS before rounds MB | RSS after each round MB "
+                  "| workers' RSS after each round MB | data MB | state dict MB | all clients' states would be MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for p in results["scale"]:
             per_round = " / ".join(f"{v:.0f}" for v in p["rss_after_each_round_mb"])
-            lines.append(f"| {p['base_stations']} | {p['s_per_round']:.2f} | {p['peak_rss_mb']:.0f} "
-                         f"| {p['rss_before_rounds_mb']:.0f} | {per_round} | {p['data_mb']:.1f} "
+            workers = " / ".join(f"{v:.0f}" for v in p.get("worker_rss_after_each_round_mb", [])) or "-"
+            lines.append(f"| {p['base_stations']} | {p.get('workers', 1)} | {p['s_per_round']:.2f} | {p['peak_rss_mb']:.0f} "
+                         f"| {p['rss_before_rounds_mb']:.0f} | {per_round} | {workers} | {p['data_mb']:.1f} "
                          f"| {p['state_mb']:.2f} | {p['state_mb'] * p['base_stations']:.0f} |")
         lines += ["", "The aggregator folds each update into one running sum per edge server, so a round never holds "
-                  "a state per base station (last column: what keeping them would take).", ""]
+                  "a state per base station (last column: what keeping them would take); worker processes hold the "
+                  "model, the clients' windows and at most two updates each in flight.", ""]
     if results.get("findings"):
         lines += ["## Findings", "", "Computed from the tables above (paired t-test at "
                   f"{alpha}; no statement here is typed by hand).", "", *results["findings"], ""]

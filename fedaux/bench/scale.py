@@ -56,6 +56,8 @@ def scale_point(config: Path, base_stations: int, rounds: int, overrides: list[s
     return {
         "rss_before_rounds_mb": rss_before_rounds,
         "rss_after_each_round_mb": memory.rss,
+        "workers": orchestrator.workers,
+        "worker_rss_after_each_round_mb": memory.worker_rss,
         "rss_after_rounds_mb": _current_rss_mb(),
         "base_stations": base_stations,
         "s_per_round": float(np.mean([r["time/round_s"] for r in orchestrator.history])),
@@ -68,13 +70,18 @@ def scale_point(config: Path, base_stations: int, rounds: int, overrides: list[s
 
 
 class RoundMemory(RoundCallback):
-    """Resident memory at the end of every round: flat across rounds means nothing accumulates."""
+    """Resident memory at the end of every round, of this process and of the worker processes
+    together: flat across rounds means nothing accumulates."""
 
     def __init__(self) -> None:
         self.rss: list[float] = []
+        self.worker_rss: list[float] = []
 
     def on_round_end(self, orchestrator, rnd: int, record: dict[str, Any]) -> None:
+        import psutil
+
         self.rss.append(_current_rss_mb())
+        self.worker_rss.append(sum(psutil.Process(pid).memory_info().rss for pid in orchestrator.worker_pids) / 2**20)
 
 
 def _current_rss_mb() -> float:

@@ -62,7 +62,10 @@ class RoundCallback:
     """Base class for round hooks; every hook is optional.
 
     A subclass may also be a ``lightning.Callback``: the in-process engine then attaches it to
-    every client's Trainer too.
+    every client's Trainer too. With worker processes (``federated.workers`` > 1) each worker
+    holds a copy, made when the workers start: its Lightning hooks run there and what they change
+    stays there (as with Lightning's own multi-process strategies); ``trainer.datamodule.client``
+    names the base station being fitted.
     """
 
     @property
@@ -79,7 +82,13 @@ class RoundCallback:
     def on_round_start(self, orchestrator: FederatedOrchestrator, rnd: int, clients: list[int]) -> None: ...
 
     def on_client_start(self, orchestrator: FederatedOrchestrator, rnd: int, client: int) -> None:
-        """A base station's local fit is about to start (in-process engine; on Flower it runs remotely)."""
+        """A base station's local fit is handed out (in-process engine; on Flower it runs remotely).
+
+        With ``federated.workers=1`` it comes just before that fit, so starts and ends alternate;
+        with worker processes, when a worker takes the fit (up to ``2 * workers`` fits ahead of
+        the updates folded so far). ``on_client_done`` / ``on_client_dropped`` come in
+        base-station order either way.
+        """
 
     def on_client_done(self, orchestrator: FederatedOrchestrator, rnd: int, update: ClientUpdate) -> None: ...
 

@@ -259,6 +259,11 @@ class FederatedOrchestrator:
             except Exception as err:  # a failing base station must not end the federation
                 yield client, f"raised {type(err).__name__}: {err}"
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """The running worker processes' ids (none before the first parallel round or after :meth:`close`)."""
+        return self._pool.pids if self._pool is not None else []
+
     def close(self) -> None:
         """Stop the worker processes, if any (:meth:`run` does it; a caller of :meth:`run_round` should)."""
         if self._pool is not None:

@@ -174,6 +174,11 @@ class ClientWorkers:
     def _start(self, index: int) -> _Worker:
         return _Worker(self._context, self._settings, name=f"fedaux-worker-{index}")
 
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (memory benchmarks read their resident size)."""
+        return [w.process.pid for w in self._workers]
+
     def close(self) -> None:
         """Stop every worker (a pool is single-use after this)."""
         for worker in self._workers:
