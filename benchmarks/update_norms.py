@@ -37,10 +37,13 @@ def main() -> None:
                               cfg.federated.batch_size, seed=derived_seed(cfg.seed, 1, client),
                               gradient_clip_val=cfg.federated.gradient_clip_val).upload
         delta = {k: (upload[k] - payload[k]).flatten() for k in payload if payload[k].is_floating_point()}
-        norm = lambda keys: torch.cat([delta[k] for k in keys]).norm().item() if keys else 0.0  # noqa: E731
         weights = [k for k in delta if k not in statistics]
         stats = [k for k in delta if k in statistics]
-        print(f"{client:>12} {norm(weights):>8.2f} {norm(stats):>10.2f} {norm(list(delta)):>8.2f}")
+        print(f"{client:>12} {_norm(delta, weights):>8.2f} {_norm(delta, stats):>10.2f} {_norm(delta, list(delta)):>8.2f}")
+
+
+def _norm(delta: dict[str, torch.Tensor], keys: list[str]) -> float:
+    return torch.cat([delta[k] for k in keys]).norm().item() if keys else 0.0
 
 
 if __name__ == "__main__":
