@@ -18,7 +18,7 @@ train: $(STAMP)  ## the main job: FedAuxHMTL on the embedded QUIC flows
 	$(VENV)/bin/fedaux-train --config $(CONFIG) $(ARGS)
 
 test: $(STAMP)  ## the fast suite (a few minutes on 2 cores)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
 
 test-slow: $(STAMP)  ## long end-to-end tests, run separately
 	$(VENV)/bin/pytest -q -m slow
