@@ -18,7 +18,7 @@ from fedaux.federated.client import TrainerOptions
 from fedaux.federated.compression import Compression
 from fedaux.federated.engines import ENGINES, Engine
 from fedaux.federated.hooks import RoundCallback, build_callback
-from fedaux.federated.orchestrator import FederatedOrchestrator
+from fedaux.federated.orchestrator import FederatedOrchestrator, clients_per_round
 from fedaux.federated.privacy import ClientLevelDP, dp_sgd_settings
 from fedaux.federated.strategies import build_strategy
 from fedaux.federated.workers import available_cores
@@ -99,8 +99,7 @@ def worker_layout(fed: DictConfig, num_clients: int) -> dict[str, int]:
     cores shared evenly between them: one torch thread each when there is a worker per core.
     """
     cores = available_cores()
-    per_round = max(1, int(round(fed.fraction * num_clients)))
-    workers = min(fed.workers if fed.workers is not None else cores, per_round)
+    workers = min(fed.workers if fed.workers is not None else cores, clients_per_round(num_clients, fed.fraction))
     return {"workers": workers, "worker_threads": max(1, cores // workers)}
 
 

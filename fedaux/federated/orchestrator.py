@@ -18,7 +18,7 @@ import numpy as np
 
 from fedaux.data.samples import FederatedData
 from fedaux.federated.aggregation import TwoTierAggregator, state_nbytes
-from fedaux.federated.client import ClientFit, GlobalEvaluator, TrainerOptions, cpu_state, derived_seed, train_client
+from fedaux.federated.client import ClientFit, GlobalEvaluator, TrainerOptions, cpu_state, derived_seed
 from fedaux.federated.compression import Compression
 from fedaux.federated.errors import ClientTimeout, NotEnoughClients
 from fedaux.federated.hooks import ClientUpdate, RoundAggregate, RoundCallback
@@ -54,9 +54,14 @@ def _with_timeout(fn: Callable[[], Any], timeout_s: float) -> Any:
     return outcome["value"]
 
 
+def clients_per_round(num_clients: int, fraction: float) -> int:
+    """How many base stations take part in a round: ``max(1, round(fraction * B))``."""
+    return max(1, int(round(fraction * num_clients)))
+
+
 def select_clients(seed: int, rnd: int, num_clients: int, fraction: float) -> list[int]:
-    """The base stations taking part in round ``rnd``: ``max(1, round(fraction * B))`` of them, seeded."""
-    count = max(1, int(round(fraction * num_clients)))
+    """The base stations taking part in round ``rnd``: :func:`clients_per_round` of them, seeded."""
+    count = clients_per_round(num_clients, fraction)
     if count >= num_clients:
         return list(range(num_clients))
     rng = np.random.default_rng([seed, 7, rnd])
@@ -208,17 +213,11 @@ class FederatedOrchestrator:
         """Train one base station in this process. With ``client_timeout_s`` the fit runs in a
         worker thread on its own copy of the model, so a client that hangs can be abandoned
         without touching shared state."""
-        samples = self.data.clients[client]
-        model = self.model if self.client_timeout_s is None else copy.deepcopy(self.model)
+        settings = self._fit_settings(self.model if self.client_timeout_s is None else copy.deepcopy(self.model))
+        seed, local_state = derived_seed(self.seed, rnd, client), self.client_states.get(client)
 
         def fit():
-            return train_client(
-                model, samples, self._payload, local_epochs=self.local_epochs, batch_size=self.batch_size,
-                seed=derived_seed(self.seed, rnd, client), gradient_clip_val=self.gradient_clip_val,
-                callbacks=self.lightning_callbacks, trainer_options=self.trainer_options, strategy=self.strategy,
-                local_state=self.client_states.get(client), initial_state=self.initial_state, test=self.data.test,
-                compression=self.compression.uplink, privacy=self.privacy, dp_sgd=self.dp_sgd, client=client,
-            )
+            return settings.fit(client, self._payload, seed, local_state)
 
         self._call("on_client_start", rnd, client)
         result = fit() if self.client_timeout_s is None else _with_timeout(fit, self.client_timeout_s)
@@ -229,10 +228,11 @@ class FederatedOrchestrator:
         return ClientUpdate(client, edge, fit.upload, len(self.data.clients[client]), fit.metrics, fit.seconds,
                             local_state=fit.local_state, loop_seconds=fit.loop_seconds)
 
-    def _fit_settings(self) -> FitSettings:
-        """What every worker process needs for any base station's fit (sent once per worker)."""
+    def _fit_settings(self, model: MultiTaskModule | None = None) -> FitSettings:
+        """What any base station's fit needs besides its payload, seed and local state: used here
+        (on ``model``, by default the orchestrator's) and sent once to every worker process."""
         return FitSettings(
-            model=self.model, clients=self.data.clients, local_epochs=self.local_epochs, batch_size=self.batch_size,
+            model=self.model if model is None else model, clients=self.data.clients, local_epochs=self.local_epochs, batch_size=self.batch_size,
             gradient_clip_val=self.gradient_clip_val, callbacks=self.lightning_callbacks,
             trainer_options=self.trainer_options, strategy=self.strategy, initial_state=self.initial_state,
             test=self.data.test if self.strategy.personalised else None, compression=self.compression.uplink,
@@ -436,7 +436,7 @@ class FederatedOrchestrator:
     def sample_rate(self) -> float:
         """The share of base stations selected each round (the privacy accountant's sampling rate)."""
         clients = len(self.data.clients)
-        return max(1, int(round(self.fraction * clients))) / clients
+        return clients_per_round(clients, self.fraction) / clients
 
     def rounds_to_run(self) -> int:
         """The rounds still to run: all remaining ones, or fewer where the next would take epsilon

@@ -59,7 +59,9 @@ def available_cores() -> int:
 
 @dataclass
 class FitSettings:
-    """Everything a worker needs for any base station's fit, sent once when it starts."""
+    """Everything a base station's fit needs besides its payload, seed and local state: the
+    sequential loop calls :meth:`fit` in the main process, and each worker gets one copy when it
+    starts."""
 
     model: MultiTaskModule
     clients: Sequence[SampleSet]
