@@ -87,6 +87,16 @@ def test_paired_tests_are_scipy_on_the_seed_pairs():
     assert paired_test([1, 2], [1, 2])["t_p"] is None
 
 
+def test_paired_tests_leave_out_pairs_with_a_missing_value():
+    # A personalised method has no global-model F1 (None): its pairs are left out, not read as NaN.
+    a, b = [0.81, None, 0.86, 0.79, 0.90], [0.78, 0.80, 0.85, None, 0.84]
+    kept_a, kept_b = [0.81, 0.86, 0.90], [0.78, 0.85, 0.84]
+    test = paired_test(a, b)
+    assert test["n"] == 3 and test["diff"] == pytest.approx(np.mean(np.subtract(kept_a, kept_b)))
+    assert test["t_p"] == pytest.approx(scipy_stats.ttest_rel(kept_a, kept_b).pvalue)
+    assert paired_test([None, None], [0.7, 0.8]) == {"diff": None, "n": 0, "t_p": None, "wilcoxon_p": None}
+
+
 def test_bootstrap_interval_brackets_the_mean():
     values = [0.7, 0.8, 0.75, 0.9, 0.85]
     low, high = bootstrap_interval(values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def split_method(spec: str, conf_dir: Path, where: str) -> tuple[Path, list[str]
     return path, parts[1:]
 
 
-def load_bench_config(path: str | Path, overrides: list[str] = ()) -> tuple[DictConfig, Path]:
+def load_bench_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[DictConfig, Path]:
     """The bench config with ``key=value`` overrides; checks every method reference.
 
     Raises:
@@ -95,6 +96,8 @@ def load_bench_config(path: str | Path, overrides: list[str] = ()) -> tuple[Dict
                               OmegaConf.from_dotlist([o.removeprefix("--") for o in overrides]))
     except Exception as err:
         raise ConfigError(f"{path}: {err}".splitlines()[0]) from None
+    if not isinstance(cfg, DictConfig):  # merged onto the structured BenchConfig: always a mapping
+        raise ConfigError(f"{path}: a bench config must be a mapping, got {type(cfg).__name__}")
     conf_dir = path.parent
     boards = dict(cfg.leaderboards)
     if cfg.ablation is not None:

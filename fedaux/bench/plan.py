@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ Row = tuple[str, str, Any]  # (section, method row, sweep value or None)
 
 
 def board_specs(bench: DictConfig, conf_dir: Path, section: str, board: DictConfig,
-                extra: list[str] = (), value: Any = None, methods: list[str] | None = None,
+                extra: Sequence[str] = (), value: Any = None, methods: list[str] | None = None,
                 seeds: list[int] | None = None) -> dict[Row, list[RunSpec]]:
     """One spec per seed for every method row of ``board`` (or just ``methods``)."""
     out: dict[Row, list[RunSpec]] = {}

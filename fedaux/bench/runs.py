@@ -174,4 +174,10 @@ def execute(specs: list[RunSpec], cache: RunCache, jobs: int, energy: bool, prog
                 done += 1
                 if progress is not None:
                     progress(done, len(keys), todo[key])
-    return {spec: cache.get(key) for spec, key in keys.items()}
+    results: dict[RunSpec, dict] = {}
+    for spec, key in keys.items():
+        result = cache.get(key)
+        if result is None:  # every run above stored its result, or raised
+            raise RuntimeError(f"run {key} of {spec} left no result in {cache.folder}")
+        results[spec] = result
+    return results

@@ -66,13 +66,15 @@ def describe(values: Sequence[float | None], confidence: float = 0.95) -> dict[s
     return {"mean": float(np.mean(got)), "low": low, "high": high, "n": len(got)}
 
 
-def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+def paired_test(a: Sequence[float | None], b: Sequence[float | None]) -> dict[str, Any]:
     """Paired t-test and Wilcoxon signed-rank test of ``a - b`` across seeds (same seeds, same order).
 
-    Returns the mean difference, both p-values (None where undefined: fewer than 2 pairs, or
-    all differences zero) and the number of pairs.
+    A pair with a missing value on either side (a figure a run does not have, such as a personalised
+    method's global-model F1) is left out. Returns the mean difference, both p-values (None where
+    undefined: fewer than 2 pairs, or all differences zero) and the number of pairs.
     """
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    pairs = [(u, v) for u, v in zip(a, b, strict=True) if u is not None and v is not None]
+    x, y = np.asarray([u for u, _ in pairs], dtype=float), np.asarray([v for _, v in pairs], dtype=float)
     diff = x - y
     out: dict[str, Any] = {"diff": float(diff.mean()) if len(diff) else None, "n": len(diff),
                            "t_p": None, "wilcoxon_p": None}

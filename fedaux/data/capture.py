@@ -339,7 +339,8 @@ def write_captures(flows: FlowCollection, folder: str | Path, snaplen: int = 96)
     written = []
     for label, name in enumerate(flows.class_names):
         members = np.flatnonzero(flows.labels == label)
-        rows, keys = [], []
+        rows: list[tuple[int, int, int]] = []  # (flow, packet position, time in µs)
+        keys: list[int] = []
         for i in members:
             lo, hi = int(flows.offsets[i]), int(flows.offsets[i + 1])
             gaps = flows.iat_us[lo:hi].copy()

@@ -56,7 +56,8 @@ def batch_loader(samples: SampleSet, batch_size: int, shuffle: bool, seed: int =
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
-        collate_fn=_already_batched,
+        # torch types collate_fn's input as a list of samples; with __getitems__ it gets the dataset's batch
+        collate_fn=_already_batched,  # type: ignore[arg-type]
         # A training batch of one sample breaks BatchNorm; when the split would leave one, that
         # sample (a different one each epoch, as the order is reshuffled) waits for the next epoch.
         drop_last=shuffle and len(samples) % batch_size == 1 and len(samples) > 1,
@@ -69,14 +70,16 @@ class ClientDataModule(L.LightningDataModule):
     ``seed`` fixes the shuffling order; the orchestrator changes it every round so a client does
     not see its batches in the same order each time. ``client`` is the base station's index (None
     where unknown): Lightning callbacks read it as ``trainer.datamodule.client``, in whichever
-    process the fit runs.
+    process the fit runs; ``rnd`` is the round (``trainer.datamodule.rnd``).
     """
 
-    def __init__(self, train: SampleSet, batch_size: int = 32, seed: int = 0, client: int | None = None) -> None:
+    def __init__(self, train: SampleSet, batch_size: int = 32, seed: int = 0, client: int | None = None,
+                 rnd: int | None = None) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"federated.batch_size={batch_size} must be >= 1")
         self.train_samples, self.batch_size, self.seed, self.client = train, batch_size, seed, client
+        self.rnd = rnd
 
     def train_dataloader(self) -> DataLoader:
         return batch_loader(self.train_samples, self.batch_size, shuffle=True, seed=self.seed)

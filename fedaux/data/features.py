@@ -124,7 +124,7 @@ def cut_windows(
     starts, owners = [], []
     for flow in keep:  # one small draw per flow; the packet gather below is vectorised
         n = int(counts[flow])
-        extra = rng.integers(0, n - packets + 1, size=subflows_per_flow - 1) if n > packets else []
+        extra: np.ndarray | list[int] = rng.integers(0, n - packets + 1, size=subflows_per_flow - 1) if n > packets else []
         offsets = np.concatenate(([0], extra)).astype(np.int64)
         starts.append(flows.offsets[flow] + offsets)
         owners.append(np.full(len(offsets), flow, dtype=np.int64))

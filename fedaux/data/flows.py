@@ -171,7 +171,7 @@ class FlowCollection:
             name=self.flow_names[index],
         )
 
-    def select(self, flow_indices: Sequence[int], provenance: str | None = None) -> FlowCollection:
+    def select(self, flow_indices: Sequence[int] | np.ndarray, provenance: str | None = None) -> FlowCollection:
         """A new collection of the given flows, in the given order (repeats allowed, renamed ``#k``)."""
         order = np.asarray(flow_indices, dtype=np.int64)
         counts = self.packet_counts()[order]

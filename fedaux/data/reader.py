@@ -16,6 +16,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -135,7 +136,7 @@ def _line_of_row(raw: bytes, row: int) -> tuple[int, str]:
     return -1, ""
 
 
-def _raise_first_bad_token(path: Path, raw: bytes) -> None:
+def _raise_first_bad_token(path: Path, raw: bytes) -> NoReturn:
     for line_no, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
         for column, token in zip(COLUMNS, line.split()):
             try:
