@@ -26,6 +26,7 @@ from torch import nn
 
 from fedaux.errors import ConfigError
 from fedaux.inference import Predictor, TrainedRun
+from fedaux.model.module import MultiTaskModule
 
 FORMATS = ("onnx", "onnx-int8", "torchscript")
 CALIBRATION_WINDOWS = 1024  # windows of the run's own data that set the int8 activation ranges
@@ -36,7 +37,7 @@ TORCHSCRIPT_EXTRA = "fedaux.json"
 class ProbabilityHeads(nn.Module):
     """The multi-task model with a softmax on every head: ``(B, C, P)`` -> tuple of ``(B, K_t)``."""
 
-    def __init__(self, model: nn.Module, tasks: list[str]) -> None:
+    def __init__(self, model: MultiTaskModule, tasks: list[str]) -> None:
         super().__init__()
         # The trunk and heads only: plain modules, without the LightningModule's trainer hooks,
         # which tracing and ONNX export would otherwise touch.

@@ -85,6 +85,16 @@ def test_famo_moves_weight_toward_the_task_whose_loss_fell_least():
     assert set(famo.state_dict()) == {"logits"}
 
 
+def test_famo_steps_its_logits_outside_a_fit_without_start_fit():
+    # after_step makes the logits' Adam itself when no fit started one, keeping the saved losses.
+    famo = FAMO(["main", "a"], "main", lr=0.1, gamma=0.0)
+    famo.train()
+    famo.weights(torch.tensor([1.0, 1.0]))
+    famo.after_step(torch.tensor([0.5, 0.99]))
+    z = torch.softmax(famo.logits, 0)
+    assert z[1] > z[0]
+
+
 def test_gradient_method_clips_and_runs_strategy_hooks_under_manual_optimisation(tmp_path):
     cfg = _cfg(f"output_dir={tmp_path}", "model.weighting.name=upgrad", "federated.strategy=fedprox",
                "federated.proximal_mu=0", "data.subflows_per_flow=4", "federated.rounds=1", "federated.base_stations=2",
@@ -92,12 +102,9 @@ def test_gradient_method_clips_and_runs_strategy_hooks_under_manual_optimisation
                "logging.wandb.mode=disabled")
     orchestrator = build_orchestrator(cfg)
     orchestrator.start_round(1)
-    from fedaux.federated.client import train_client
-
     hooks = orchestrator.strategy.client_callbacks(orchestrator.model, orchestrator.payload, {})
-    fit = train_client(orchestrator.model, orchestrator.data.clients[0], orchestrator.payload, local_epochs=1,
-                       batch_size=32, seed=3, gradient_clip_val=1.0, strategy=orchestrator.strategy,
-                       initial_state=orchestrator.initial_state, callbacks=hooks)
+    fit = orchestrator.runtime.fit(0, orchestrator.data.clients[0], orchestrator.payload, rnd=1, seed=3,
+                                   extra_callbacks=hooks)
     assert hooks[0].steps > 0  # on_before_optimizer_step ran for every manual step
     assert orchestrator.model.manual_clip_val == 1.0
     assert set(fit.upload) == set(orchestrator.payload)

@@ -80,4 +80,6 @@ def build_model(model_cfg, num_classes: Mapping[str, int], packets: int, in_chan
     order = [model_cfg.main_task] + [t for t in specs if t != model_cfg.main_task]
     weighting = build_weighting(model_cfg.weighting, order, model_cfg.main_task)
     optimizer = OmegaConf.to_container(model_cfg.optimizer) if OmegaConf.is_config(model_cfg.optimizer) else dict(model_cfg.optimizer)
+    if optimizer is not None and not isinstance(optimizer, dict):
+        raise ConfigError(f"model.optimizer must be a mapping such as {{name: adam, lr: 0.001}}, got {optimizer!r}")
     return MultiTaskModule(trunk, heads, specs, weighting, model_cfg.main_task, optimizer)

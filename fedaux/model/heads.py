@@ -17,6 +17,7 @@ class TaskHead(nn.Module):
         super().__init__()
         if out_features < 1:
             raise ValueError(f"a head needs out_features >= 1, got {out_features}")
+        self.net: nn.Module
         if hidden > 0:
             self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
         else:

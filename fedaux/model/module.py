@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import lightning as L
 import numpy as np
@@ -16,7 +17,7 @@ from fedaux.errors import ConfigError
 from fedaux.labels import FLOW_KEY, IGNORE_INDEX
 from fedaux.model.losses import LOSSES
 from fedaux.model.optimizers import build_optimizer
-from fedaux.model.weighting import LossWeighting
+from fedaux.model.weighting import GradientWeighting, LossWeighting, SteppedWeighting
 
 
 def flow_means(probs: torch.Tensor | np.ndarray, flow_index: torch.Tensor | np.ndarray, num_flows: int) -> torch.Tensor:
@@ -118,6 +119,10 @@ class MultiTaskModule(L.LightningModule):
             "f1": MulticlassF1Score(n, average="macro", ignore_index=IGNORE_INDEX),
         })
 
+    def _val_metrics(self) -> list[tuple[str, MetricCollection]]:
+        """``val_metrics`` as built by :meth:`_metrics` (a ModuleDict types its values as plain modules)."""
+        return [(task, cast(MetricCollection, metrics)) for task, metrics in self.val_metrics.items()]
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, C, packets)`` -> ``{task: (B, out_features)}``."""
         features = self.trunk(x)
@@ -143,6 +148,8 @@ class MultiTaskModule(L.LightningModule):
     def _gradient_step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One manual step of a gradient-based weighting: per-task gradients on the trunk, aggregated."""
         optimizer = self.optimizers()
+        if isinstance(optimizer, list):
+            raise TypeError(f"manual optimisation steps one optimizer; configure_optimizers gave {len(optimizer)}")
         optimizer.zero_grad()
         features = self.trunk(batch["x"])
         # One graph per task loss (not slices of one stacked tensor): torchjd differentiates each alone.
@@ -151,7 +158,10 @@ class MultiTaskModule(L.LightningModule):
         shared = [p for p in self.trunk.parameters() if p.requires_grad]
         heads = [[p for p in self.heads[t].parameters() if p.requires_grad] for t in self.task_names]
         if shared and all(heads):
-            weights = self.weighting.backward(task_losses, features, shared, heads)
+            weighting = self.weighting
+            if not isinstance(weighting, GradientWeighting):
+                raise TypeError(f"manual optimisation needs a weighting with backward(); {type(weighting).__name__} has none")
+            weights = weighting.backward(task_losses, features, shared, heads)
         else:  # part of the model is frozen (FedRep's phases): each trainable part learns from the plain sum
             self.manual_backward(torch.stack(task_losses).sum())
             weights = torch.ones_like(losses)
@@ -167,7 +177,8 @@ class MultiTaskModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         # Loss-rate methods (FAMO) compare the batch's losses before and after the step.
-        if hasattr(self.weighting, "after_step"):
+        weighting = self.weighting
+        if isinstance(weighting, SteppedWeighting):  # has after_step
             buffers = {name: b.clone() for name, b in self.named_buffers()}  # BatchNorm must not see it twice
             with torch.no_grad():
                 _, losses = self.task_losses(batch)
@@ -175,7 +186,7 @@ class MultiTaskModule(L.LightningModule):
                 for name, b in self.named_buffers():
                     if name in buffers and not name.startswith("weighting."):
                         b.copy_(buffers[name])
-            self.weighting.after_step(losses)
+            weighting.after_step(losses)
 
     def _accumulate(self, batch: Mapping[str, torch.Tensor], total: torch.Tensor, losses: torch.Tensor,
                     weights: torch.Tensor) -> None:
@@ -202,7 +213,7 @@ class MultiTaskModule(L.LightningModule):
         outputs, losses = self.task_losses(batch)
         total, _ = self.weighting(losses)
         self.log("val/loss", total, on_step=False, on_epoch=True, batch_size=batch["x"].shape[0])
-        for task, metrics in self.val_metrics.items():
+        for task, metrics in self._val_metrics():
             output, target = outputs[task], batch[self.tasks[task].target]
             if self.tasks[task].kind == "regression":
                 output, target = output.squeeze(-1), target.to(output.dtype)
@@ -216,7 +227,7 @@ class MultiTaskModule(L.LightningModule):
             ))
 
     def on_validation_epoch_end(self) -> None:
-        for task, metrics in self.val_metrics.items():
+        for task, metrics in self._val_metrics():
             for name, value in metrics.compute().items():
                 self.log(f"val/{name}/{task}", value)
             metrics.reset()

@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 from collections.abc import Sequence
 
-from fedaux.model.weighting.base import WEIGHTINGS, LossWeighting
+from fedaux.model.weighting.base import WEIGHTINGS, GradientWeighting, LossWeighting, SteppedWeighting
 
 # The paper's strategy first, so error messages list it first; then every other module here.
 _FIRST = ("random", "equal", "fixed", "uncertainty", "dwa")
@@ -23,4 +23,4 @@ def build_weighting(cfg, tasks: Sequence[str], main_task: str) -> LossWeighting:
     return WEIGHTINGS.get(cfg.name).from_config(cfg, tasks, main_task)
 
 
-__all__ = ["WEIGHTINGS", "LossWeighting", "build_weighting"]
+__all__ = ["WEIGHTINGS", "GradientWeighting", "LossWeighting", "SteppedWeighting", "build_weighting"]

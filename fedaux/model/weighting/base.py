@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -62,6 +63,22 @@ class LossWeighting(nn.Module):
 
     def load_local_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore :meth:`local_state` before a fit; ``{}`` (a base station's first fit) starts fresh."""
+
+
+@runtime_checkable
+class GradientWeighting(Protocol):
+    """A strategy that needs each task's gradient (``needs_gradients = True``): it fills the ``.grad``
+    of the trunk and heads itself (see :class:`~fedaux.model.weighting.gradient.GradientAggregation`)."""
+
+    def backward(self, losses: Sequence[torch.Tensor], features: torch.Tensor, shared_params: Sequence[torch.Tensor],
+                 task_params: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class SteppedWeighting(Protocol):
+    """A strategy told each batch's losses after the optimiser step (loss-rate methods such as FAMO)."""
+
+    def after_step(self, losses: torch.Tensor) -> None: ...
 
 
 # Every strategy module in this package registers its class here with ``@WEIGHTINGS.register(name)``;

@@ -19,6 +19,11 @@ class DynamicWeightAverage(LossWeighting):
     with its local state between its fits (:meth:`local_state`), never exchanged or averaged.
     """
 
+    # Buffers, registered in __init__.
+    _epoch_sum: torch.Tensor  # (T,)
+    _epoch_steps: torch.Tensor  # ()
+    _history: torch.Tensor  # (epochs, T), at most the last two epochs' means
+
     def __init__(self, tasks: Sequence[str], main_task: str, temperature: float = 2.0) -> None:
         super().__init__(tasks, main_task)
         if temperature <= 0:

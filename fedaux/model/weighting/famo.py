@@ -17,6 +17,7 @@ model's optimiser.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import torch
 
@@ -26,9 +27,18 @@ from fedaux.model.weighting.base import WEIGHTINGS, LossWeighting
 _EPS = 1e-8  # FAMO's floor on l_i - l_i*, so a task with zero loss (no labels in the batch) stays finite
 
 
+class _LogitsAdam(TypedDict):
+    """The logits' own Adam: a parameter copy of the logits and its optimiser."""
+
+    param: torch.nn.Parameter
+    optimizer: torch.optim.Adam
+
+
 @WEIGHTINGS.register("famo")
 class FAMO(LossWeighting):
     """Fast adaptive multitask optimisation; ``(T,)`` logits updated after every step."""
+
+    logits: torch.Tensor  # (T,) buffer, registered in __init__
 
     def __init__(self, tasks: Sequence[str], main_task: str, lr: float = 0.025, gamma: float = 0.001) -> None:
         super().__init__(tasks, main_task)
@@ -38,7 +48,7 @@ class FAMO(LossWeighting):
         self.register_buffer("logits", torch.zeros(len(self.tasks)))
         # The logits' Adam works on a copy outside the module's parameters (a plain dict is not
         # registered), so neither the model's optimiser nor its state dict sees it.
-        self._adam: dict[str, object] = {}
+        self._adam: _LogitsAdam | None = None
         self._previous: torch.Tensor | None = None
 
     @classmethod
@@ -55,16 +65,19 @@ class FAMO(LossWeighting):
 
     def start_fit(self) -> None:
         """A fresh Adam for the logits at the start of every local fit."""
-        param = torch.nn.Parameter(self.logits.detach().clone())
-        self._adam = {"param": param, "optimizer": torch.optim.Adam([param], lr=self.lr, weight_decay=self.gamma)}
+        self._adam = self._new_adam()
         self._previous = None
+
+    def _new_adam(self) -> _LogitsAdam:
+        param = torch.nn.Parameter(self.logits.detach().clone())
+        return {"param": param, "optimizer": torch.optim.Adam([param], lr=self.lr, weight_decay=self.gamma)}
 
     def after_step(self, losses: torch.Tensor) -> None:
         """Update the logits from the losses of the same batch before (saved) and after the step."""
         if self._previous is None:
             return
-        if not self._adam:
-            self.start_fit()
+        if self._adam is None:  # outside a fit (no start_fit): an Adam, keeping the saved losses
+            self._adam = self._new_adam()
         delta = (self._previous.clamp_min(0) + _EPS).log() - (losses.detach().clamp_min(0) + _EPS).log()
         with torch.enable_grad():
             param, optimizer = self._adam["param"], self._adam["optimizer"]

@@ -14,6 +14,8 @@ from fedaux.model.weighting.base import WEIGHTINGS, LossWeighting
 class FixedWeighting(LossWeighting):
     """Weights from config (``model.weighting.weights``), one per task, all given explicitly."""
 
+    _weights: torch.Tensor  # (T,) buffer, registered in __init__
+
     def __init__(self, tasks: Sequence[str], main_task: str, weights: Mapping[str, float]) -> None:
         super().__init__(tasks, main_task)
         missing, unknown = set(self.tasks) - set(weights), set(weights) - set(self.tasks)

@@ -28,6 +28,8 @@ class RandomWeighting(LossWeighting):
         (1.0, 1.0)
     """
 
+    _drawn: torch.Tensor  # (K,) long buffer: the indices of the drawn tasks, registered in __init__
+
     def __init__(self, tasks: Sequence[str], main_task: str, std: float = 1.0, draw_main: bool = False) -> None:
         super().__init__(tasks, main_task)
         if std <= 0:
