@@ -8,222 +8,45 @@ how a baseline drops the auxiliary heads of the file it extends.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedaux.errors import ConfigError
+from fedaux.schema import (  # noqa: F401  (the schema's classes, re-exported for callers of this module)
+    CaptureConfig,
+    CompressionConfig,
+    DataConfig,
+    ExperimentConfig,
+    FederatedConfig,
+    FlowerConfig,
+    HeadConfig,
+    LoggingConfig,
+    ModelConfig,
+    OptimizerConfig,
+    PartitionConfig,
+    PrivacyConfig,
+    TargetConfig,
+    TrainerConfig,
+    TrunkConfig,
+    WandbConfig,
+    WeightingConfig,
+)
 
-__all__ = ["ConfigError", "ExperimentConfig", "choices", "config_keys", "load_config", "load_config_text", "validate"]
-
-
-# ---------------------------------------------------------------------------------------- schema
-@dataclass
-class TargetConfig:
-    fn: str = MISSING  # registry name or "package.module:function"
-    bins: list[float] | None = None  # class edges; None keeps the raw value (regression)
-
+__all__ = ["ConfigError", "ExperimentConfig", "choices", "config_keys", "import_plugins", "load_config",
+           "load_config_text", "validate"]
 
 log = logging.getLogger(__name__)
 
-@dataclass
-class PartitionConfig:
-    scheme: str = "dirichlet"  # a PARTITION_SCHEMES name: iid | dirichlet | shards
-    alpha: float = 0.5
-    shards_per_client: int = 2
-
-
-@dataclass
-class CaptureConfig:
-    """How packet captures become flows (``data.root`` a pcap/pcapng file or a folder of them)."""
-
-    idle_timeout_s: float = 60.0  # a flow ends after this much silence, as common flow meters do
-    filter: str = ""  # keep matching flows, tcpdump-style: "udp port 443"
-    length: str = "frame"  # what a packet length counts: frame | ip | payload (UC Davis: frame)
-
-
-@dataclass
-class DataConfig:
-    root: str | None = None  # None: embedded store; a raw folder or a store file otherwise
-    format: str = "auto"  # auto (detected from the content) or a FLOW_READERS name
-    on_bad_flow: str = "error"  # error | skip
-    packets: int = 60
-    features: list[str] = field(default_factory=lambda: ["iat", "signed_length", "elapsed"])  # PACKET_FEATURES names, one channel each
-    subflows_per_flow: int = 32
-    min_packets: int = 10
-    test_fraction: float = 0.2
-    labeled_fraction: float = 0.1
-    partition: PartitionConfig = field(default_factory=PartitionConfig)
-    split_by: str = "group"  # group: flows of one capture stay on one side of the test split | flow
-    capture: CaptureConfig = field(default_factory=CaptureConfig)
-    # The paper's derived targets; bins in bytes/s and seconds. Add more here or by config.
-    targets: dict[str, TargetConfig] = field(
-        default_factory=lambda: {
-            "traffic_class": TargetConfig(fn="traffic_class"),
-            "bandwidth": TargetConfig(fn="bandwidth", bins=[1e4, 5e4, 1e5, 1e6]),
-            "duration": TargetConfig(fn="duration", bins=[10.0, 30.0, 60.0]),
-        }
-    )
-
-
-@dataclass
-class TrunkConfig:
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
-    convs_per_block: int = 2
-    kernel_size: int = 3
-    dense: list[int] = field(default_factory=lambda: [256, 256])
-    dropout: float = 0.0
-    norm: str = "batch"  # a NORMS name: none | batch | group, after each convolution
-    cls: str | None = None  # import path of another trunk class taking the same arguments
-
-
-@dataclass
-class HeadConfig:
-    target: str = MISSING  # a name in data.targets
-    kind: str = "classification"  # classification | regression
-    loss: str | None = None  # a LOSSES name: cross_entropy | mse | l1 | smooth_l1; default by kind
-    out_features: int | None = None  # inferred from the target when None
-    hidden: int = 0  # width of a hidden layer in the head; 0 for a linear head
-    cls: str | None = None  # import path of a custom head class
-
-
-@dataclass
-class WeightingConfig:
-    # A WEIGHTINGS name: random | equal | fixed | uncertainty | dwa | famo | mgda | pcgrad | cagrad | nash_mtl | upgrad
-    name: str = "random"
-    weights: dict[str, float] = field(default_factory=dict)  # fixed: weight per task
-    draw_main: bool = False  # random: draw the main task's weight too
-    std: float = 1.0  # random: std of the Gaussian draws
-    temperature: float = 2.0  # dwa
-    c: float = 0.4  # cagrad: radius of the conflict-averse step around the mean gradient
-    famo_lr: float = 0.025  # famo: learning rate of the task logits
-    famo_gamma: float = 0.001  # famo: weight decay of the task logits
-
-
-@dataclass
-class OptimizerConfig:
-    name: str = "adam"  # an OPTIMIZERS name: adam | adamw | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
-
-
-@dataclass
-class ModelConfig:
-    main_task: str = "traffic_class"
-    trunk: TrunkConfig = field(default_factory=TrunkConfig)
-    heads: dict[str, HeadConfig | None] = field(
-        default_factory=lambda: {"traffic_class": HeadConfig(target="traffic_class")}
-    )
-    weighting: WeightingConfig = field(default_factory=WeightingConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-
-
-@dataclass
-class FlowerConfig:
-    num_cpus: float = 1.0  # CPU cores Ray reserves for each simulated base station
-    max_workers: int | None = None  # cores Ray may use in all; None: every core of the machine
-    torch_threads: int = 1  # torch threads inside each simulated base station
-    verbose: bool = False  # Flower's own log
-    timeout_s: float = 3600.0  # how long the server waits for a round's replies
-
-
-@dataclass
-class CompressionConfig:
-    """How updates travel (fedaux/federated/compression.py); ``none`` sends float32 as before."""
-
-    uplink: str = "none"  # base station -> edge server, a CODECS name: none | fp16 | int8 | topk
-    downlink: str = "none"  # global state to the edge servers and base stations: none | fp16 | int8
-    topk_fraction: float = 0.01  # topk: share of each tensor's entries sent
-    error_feedback: bool = True  # uplink: add what compression dropped to the next round's update
-
-
-@dataclass
-class FederatedConfig:
-    engine: str = "inprocess"  # an ENGINES name: inprocess | flower
-    rounds: int = 30
-    base_stations: int = 10
-    edge_servers: int = 2
-    fraction: float = 1.0
-    local_epochs: int = 1
-    batch_size: int = 32
-    eval_batch_size: int = 1024
-    gradient_clip_val: float | None = 1.0
-    client_timeout_s: float | None = None  # drop a base station that has not answered by then
-    # In-process engine: local fits at once, each in a worker process with cores // workers torch
-    # threads (fedaux/federated/workers.py); 1 fits them one after another in the main process.
-    # null: the machine's cores. Results do not depend on it beyond the threads per fit.
-    workers: int | None = None
-    min_clients: int = 1  # fewer valid updates in a round stops the run (after the last checkpoint)
-    update_norm_bound: float | None = None  # reject updates farther than this (L2) from the global state
-    # A STRATEGIES name: fedavg | fedprox | scaffold | fedavgm | fedadam | fedper | fedrep (fedaux/federated/strategies/)
-    strategy: str = "fedavg"
-    proximal_mu: float = 0.01  # fedprox: weight of the proximal term mu/2 ||w - w_global||^2
-    server_lr: float | None = None  # fedavgm / fedadam: top-tier learning rate (None: 1.0 / 0.01)
-    server_momentum: float = 0.9  # fedavgm
-    server_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])  # fedadam
-    server_tau: float = 1e-3  # fedadam: adaptivity (Adam's eps)
-    head_epochs: int = 1  # fedrep: epochs on the heads alone before the trunk's local_epochs
-    aggregation: str = "fedavg"  # an AGGREGATION_RULES name: fedavg | median | trimmed_mean (at the edge tier)
-    trim_fraction: float = 0.1  # trimmed_mean: share dropped at each end
-    compression: CompressionConfig = field(default_factory=CompressionConfig)
-    flower: FlowerConfig = field(default_factory=FlowerConfig)  # used when engine is flower
-
-
-@dataclass
-class PrivacyConfig:
-    """Client-level differential privacy (fedaux/federated/privacy.py)."""
-
-    mode: str = "none"  # none | central (noise at the edge servers) | local (noise at each base station)
-    clip_norm: float = 1.0  # L2 bound on each base station's update
-    noise_multiplier: float = 1.0  # noise std over clip_norm
-    delta: float = 1e-5  # epsilon is reported at this delta
-    max_epsilon: float | None = None  # stop before a round would take epsilon above it
-
-
-@dataclass
-class WandbConfig:
-    mode: str = "offline"  # offline | online | disabled
-    project: str = "fedaux"
-    entity: str | None = None
-    name: str | None = None
-    tags: list[str] = field(default_factory=list)
-
-
-@dataclass
-class LoggingConfig:
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    energy: bool = True
-    progress: bool = True
-    plots: bool = True
-    callbacks: list[str] = field(default_factory=list)  # extra callbacks: CALLBACKS names or "pkg.mod:Class"
-
-
-@dataclass
-class TrainerConfig:
-    """Passed to every client Trainer and the evaluator (Lightning's flags of the same names)."""
-
-    accelerator: str = "auto"  # auto | cpu | gpu | mps
-    devices: str = "1"  # one device: "1" or an index such as "0," (a base station fits on one device)
-    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | ...
-
-
-@dataclass
-class ExperimentConfig:
-    name: str = "fedauxhmtl"
-    seed: int = 0
-    output_dir: str = "outputs"
-    target_accuracy: float = 0.8
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    federated: FederatedConfig = field(default_factory=FederatedConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+# Components that check their own options: each module has ``check_config(cfg)``, the one place its
+# rules live. ``validate`` calls them after the checks every key shares (choices, ranges).
+COMPONENT_CHECKS = ("fedaux.federated.compression", "fedaux.federated.privacy", "fedaux.federated.pipeline")
 
 
 def choices() -> dict[str, list[str]]:
@@ -239,7 +62,7 @@ def choices() -> dict[str, list[str]]:
     from fedaux.data.sources import format_names
     from fedaux.federated.aggregation import AGGREGATION_RULES
     from fedaux.federated.client import ACCELERATORS
-    from fedaux.federated.compression import CODECS
+    from fedaux.federated.compression import CODECS, downlink_codec_names
     from fedaux.federated.engines import ENGINES
     from fedaux.federated.privacy import PRIVACY_MODES
     from fedaux.federated.strategies import STRATEGIES
@@ -262,7 +85,7 @@ def choices() -> dict[str, list[str]]:
         "federated.strategy": STRATEGIES.names(),
         "privacy.mode": list(PRIVACY_MODES),
         "federated.compression.uplink": CODECS.names(),
-        "federated.compression.downlink": [n for n in CODECS.names() if n != "topk"],
+        "federated.compression.downlink": downlink_codec_names(),
         "trainer.accelerator": list(ACCELERATORS),
         "logging.wandb.mode": list(WANDB_MODES),
     }
@@ -336,6 +159,7 @@ def load_config_text(text: str, source: str = "config text") -> DictConfig:
         raise ConfigError(f"{source}: not a valid fedaux config ({err})") from None
     cfg.model.heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
     apply_implied(cfg)
+    import_plugins(list(cfg.plugins))
     validate(cfg)
     return cfg
 
@@ -366,6 +190,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
     cfg.model.heads = heads
     apply_implied(cfg)
+    import_plugins(list(cfg.plugins))
     validate(cfg)
     return cfg
 
@@ -379,26 +204,15 @@ def apply_implied(cfg: DictConfig) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks the schema's types cannot express: choices, ranges and cross-references."""
-    if cfg.federated.compression.downlink == "topk":
-        raise ConfigError("federated.compression.downlink='topk' is not supported: decoding a top-k global update needs "
-                          "the previous global state, which base stations sampled out of a round lack; choose none, "
-                          "fp16 or int8 (topk is an uplink codec)")
+    """Checks the schema's types cannot express: each component's own rules (:data:`COMPONENT_CHECKS`,
+    first: they give the most specific reason), then choices, ranges and cross-references."""
+    for module in COMPONENT_CHECKS:
+        importlib.import_module(module).check_config(cfg)
     for key, valid in choices().items():
         value = OmegaConf.select(cfg, key)
         for item in (value if OmegaConf.is_list(value) else [value]):
             if item not in valid:
                 raise ConfigError(f"{key}={item!r} is not valid; choose one of {valid}")
-    fraction = cfg.federated.compression.topk_fraction
-    if not 0 < fraction <= 1:
-        raise ConfigError(f"federated.compression.topk_fraction={fraction} must be in (0, 1]")
-    if cfg.privacy.mode == "dpsgd" and cfg.model.weighting.name in ("uncertainty", "mgda", "pcgrad", "cagrad", "nash_mtl", "upgrad"):
-        raise ConfigError(f"privacy.mode=dpsgd with model.weighting.name={cfg.model.weighting.name!r}: Opacus computes "
-                          "per-sample gradients of one loss; use a loss weighting without parameters (random, equal, "
-                          "fixed, dwa, famo)")
-    if cfg.privacy.mode == "central" and cfg.federated.aggregation != "fedavg":
-        raise ConfigError(f"privacy.mode=central needs federated.aggregation=fedavg (got "
-                          f"{cfg.federated.aggregation!r}): the noise is calibrated to one update's weight in an average")
     if cfg.data.capture.idle_timeout_s <= 0:
         raise ConfigError(f"data.capture.idle_timeout_s={cfg.data.capture.idle_timeout_s} must be > 0")
     from fedaux.data.flow_filter import compile_filter
@@ -441,6 +255,46 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"model.heads.{name}.loss={head.loss!r} is not valid; choose one of {LOSSES.names()}")
         if head.kind not in ("classification", "regression"):
             raise ConfigError(f"model.heads.{name}.kind={head.kind!r} is not valid; choose 'classification' or 'regression'")
+
+
+def import_plugins(specs: list[str] | tuple[str, ...], key: str = "plugins") -> None:
+    """Import each plug-in module (``package.module`` or a path to a ``.py`` file) once.
+
+    A file is imported as a module named after it, with its folder put on ``sys.path`` so that
+    worker processes and pickled objects find it again by name.
+
+    Raises:
+        ConfigError: naming the entry and why it cannot be imported.
+    """
+    for i, spec in enumerate(specs):
+        entry = f"{key}[{i}]={spec!r}"
+        if spec.endswith(".py") or "/" in spec:
+            path = Path(spec).expanduser().resolve()
+            if not path.is_file():
+                raise ConfigError(f"{entry}: no such file")
+            folder, name = str(path.parent), path.stem
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+            loaded = sys.modules.get(name)
+            if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path:
+                continue
+            if loaded is not None:
+                raise ConfigError(f"{entry}: a module named {name!r} is already imported from elsewhere; rename the file")
+            spec_obj = importlib.util.spec_from_file_location(name, path)
+            if spec_obj is None or spec_obj.loader is None:
+                raise ConfigError(f"{entry}: not an importable Python file")
+            module = importlib.util.module_from_spec(spec_obj)
+            sys.modules[name] = module
+            try:
+                spec_obj.loader.exec_module(module)
+            except Exception:
+                sys.modules.pop(name, None)
+                raise
+        else:
+            try:
+                importlib.import_module(spec)
+            except ImportError as err:
+                raise ConfigError(f"{entry}: cannot import it ({err})") from None
 
 
 def config_keys() -> list[str]:

@@ -18,11 +18,9 @@ from fedaux.federated.client import TrainerOptions
 from fedaux.federated.compression import Compression
 from fedaux.federated.engines import ENGINES, Engine
 from fedaux.federated.hooks import RoundCallback, build_callback
-from fedaux.federated.orchestrator import FederatedOrchestrator, clients_per_round
-from fedaux.federated.privacy import ClientLevelDP, dp_sgd_settings
-from fedaux.federated.strategies import build_strategy
-from fedaux.federated.workers import available_cores
-from fedaux.model import build_model
+from fedaux.federated.orchestrator import FederatedOrchestrator, ServerSettings
+from fedaux.federated.privacy import ClientLevelDP
+from fedaux.federated.runtime import ClientRuntime
 
 # Built-in callbacks every run gets (those disabled by config build to None), in this order:
 # communication and time first (they feed the record), then the writers. The checkpoint comes
@@ -69,38 +67,29 @@ def run_callbacks(cfg: DictConfig, run_dir: Path, engine: Engine, extra: Sequenc
             *extra, checkpoint]
 
 
-def build_orchestrator(cfg: DictConfig, data: FederatedData | None = None,
-                       callbacks: Sequence[RoundCallback] = ()) -> FederatedOrchestrator:
-    """Data, model and orchestrator for ``cfg``; seeds everything first so runs repeat exactly."""
-    trainer_options = TrainerOptions.from_config(cfg.trainer)
-    trainer_options.check()
+def build_orchestrator(cfg: DictConfig, data: FederatedData | None = None, callbacks: Sequence[RoundCallback] = (),
+                       engine: Engine | None = None) -> FederatedOrchestrator:
+    """Data, the client runtime and the server for ``cfg``; seeds everything first so runs repeat exactly.
+
+    Args:
+        data: prebuilt data (benchmarks share one across methods); built from ``cfg.data`` if None.
+        callbacks: round hooks; those that are Lightning callbacks run in every base station's fit.
+        engine: what runs the fits; by default the ``federated.engine`` entry of
+            :data:`~fedaux.federated.engines.ENGINES`.
+    """
+    TrainerOptions.from_config(cfg.trainer).check()
     L.seed_everything(cfg.seed, verbose=False)
     fed = cfg.federated
     if data is None:
         data = build_federated_data(cfg.data, fed.base_stations, fed.edge_servers, cfg.seed,
                                     main_target=cfg.model.heads[cfg.model.main_task].target)
-    model = build_model(cfg.model, data.target_classes, cfg.data.packets, len(cfg.data.features))
+    lightning = [c for c in callbacks if isinstance(c, L.Callback)]
+    runtime = ClientRuntime.from_config(cfg, data.target_classes, callbacks=lightning, test=data.test)
     return FederatedOrchestrator(
-        model, data, rounds=fed.rounds, local_epochs=fed.local_epochs, batch_size=fed.batch_size,
-        fraction=fed.fraction, seed=cfg.seed, target_accuracy=cfg.target_accuracy,
-        gradient_clip_val=fed.gradient_clip_val, eval_batch_size=fed.eval_batch_size, callbacks=callbacks,
-        client_timeout_s=fed.client_timeout_s, min_clients=fed.min_clients, update_norm_bound=fed.update_norm_bound,
-        aggregation=fed.aggregation, trim_fraction=fed.trim_fraction, trainer_options=trainer_options,
-        strategy=build_strategy(fed, model), compression=Compression.from_config(fed.compression, model),
-        privacy=ClientLevelDP.from_config(cfg.privacy), dp_sgd=dp_sgd_settings(cfg.privacy),
-        **worker_layout(fed, len(data.clients)),
+        runtime, data, ServerSettings.from_config(cfg), callbacks=callbacks,
+        compression=Compression.from_config(fed.compression, runtime.model), privacy=ClientLevelDP.from_config(cfg.privacy),
+        engine=engine or ENGINES.get(fed.engine)(cfg),
     )
-
-
-def worker_layout(fed: DictConfig, num_clients: int) -> dict[str, int]:
-    """``workers`` and ``worker_threads`` for the orchestrator from ``federated.workers``.
-
-    No more workers than base stations per round (an idle process only costs memory), and the
-    cores shared evenly between them: one torch thread each when there is a worker per core.
-    """
-    cores = available_cores()
-    workers = min(fed.workers if fed.workers is not None else cores, clients_per_round(num_clients, fed.fraction))
-    return {"workers": workers, "worker_threads": max(1, cores // workers)}
 
 
 # Keys that may change between a run and its resumption: where output goes, how it is logged,
@@ -150,12 +139,13 @@ def run(cfg: DictConfig, *, data: FederatedData | None = None, callbacks: Sequen
         run_dir = new_run_dir(cfg)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     engine = engine or ENGINES.get(cfg.federated.engine)(cfg)
+    engine.run_dir = run_dir
     # Every callback exists before the checkpoint is restored, so each one's state resumes.
-    orchestrator = build_orchestrator(cfg, data, callbacks=run_callbacks(cfg, run_dir, engine, callbacks))
+    orchestrator = build_orchestrator(cfg, data, callbacks=run_callbacks(cfg, run_dir, engine, callbacks), engine=engine)
     if payload is not None:
         restore(orchestrator, payload)
         _truncate_metrics(run_dir / "metrics.jsonl", orchestrator.completed_rounds)
-    summary = engine.run(orchestrator)
+    summary = orchestrator.run()
     summary["run_dir"] = str(run_dir)
     summary["dropped_flows"] = len(orchestrator.data.dropped_flows)
     summary["skipped_files"] = len(orchestrator.data.skipped_files)

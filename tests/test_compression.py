@@ -77,7 +77,7 @@ def test_fp16_halves_and_int8_quarters_the_uplink_bytes(tmp_path):
     # The edge servers send their averages up with the same codec.
     assert half.history[-1][f"comm/bytes_up/{TIER_TOP}"] / plain.history[-1][f"comm/bytes_up/{TIER_TOP}"] \
         == pytest.approx(0.5, abs=1e-3)
-    assert set(quarter.edge_residuals) == {0, 1}
+    assert set(quarter.edge_states) == {0, 1}
     assert all(math.isfinite(r["val/acc/traffic_class"]) for r in quarter.history)
 
 
@@ -89,7 +89,7 @@ def test_topk_uplink_keeps_a_residual_per_base_station(tmp_path):
     assert statistics and all("running_" in name for name in statistics)
     weights = {k: t for k, t in run.global_state.items() if t.is_floating_point() and k not in statistics}
     for client in range(3):
-        residual = {k: v for k, v in run.client_states[client].items() if k.startswith(RESIDUAL)}
+        residual = {k: v for k, v in run.client_states[client]["uplink"].items() if k.startswith(RESIDUAL)}
         assert set(residual) == {RESIDUAL + k for k in weights}  # statistics travel whole: no residual
         assert sum(v.numel() for v in residual.values()) == sum(t.numel() for t in weights.values())
     sparse = sum(t.numel() for t in weights.values())

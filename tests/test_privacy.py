@@ -106,12 +106,12 @@ def test_dpsgd_trains_with_group_norm_and_reports_each_base_stations_epsilon(tmp
     eps = [r["privacy/epsilon"] for r in run.history]
     assert 0 < eps[0] < eps[1]  # each base station's epsilon accumulates over its rounds
     for client, samples in enumerate(run.data.clients):
-        history = run.client_states[client]["dpsgd/accountant"]
+        history = run.client_states[client]["dpsgd"]["accountant"]
         batches = math.ceil(len(samples) / 32)
         assert [tuple(h) for h in history.tolist()] == [(1.0, 1 / batches, batches)] * 2 or \
             [tuple(h) for h in history.tolist()] == [(1.0, 1 / batches, 2 * batches)]
     assert run.history[-1]["privacy/epsilon"] == pytest.approx(
-        max(_epsilon(run.client_states[c]["dpsgd/accountant"]) for c in range(2)))
+        max(_epsilon(run.client_states[c]["dpsgd"]["accountant"]) for c in range(2)))
     # Opacus' hooks are gone after each fit: the next base station's fit starts from a plain module.
     assert not any(m._forward_hooks or m._backward_hooks for m in run.model.modules())
 

@@ -81,7 +81,7 @@ def test_one_bad_base_station_of_three_is_dropped_and_the_run_completes(tmp_path
         result = run(_cfg(tmp_path, *extra, f"federated.workers={workers}"), callbacks=[injector])
     finally:
         injector.release.set()
-    assert result.orchestrator.workers == workers
+    assert result.orchestrator.engine.workers == workers
     assert [r["clients"] for r in result.history] == [2, 2]
     assert [r["clients/dropped"] for r in result.history] == [1, 1]
     hang = ("no answer within federated.client_timeout_s=5 s" +

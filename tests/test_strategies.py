@@ -11,7 +11,6 @@ from fedaux.callbacks import CommunicationTracker
 
 from fedaux.config import load_config
 from fedaux.federated.aggregation import state_nbytes
-from fedaux.federated.client import train_client
 from fedaux.federated.orchestrator import TIER_EDGE
 from fedaux.federated.strategies import STRATEGIES
 from fedaux.federated.strategies.fedprox import ProximalTerm
@@ -83,7 +82,7 @@ def test_scaffold_control_variates_sum_as_the_method_states(tmp_path):
     # Every base station takes part in every round (fraction 1), c starts at 0 and moves by the
     # sample-weighted mean of the deltas: c stays the sample-weighted mean of the c_i.
     for name, c in server.items():
-        mean = sum(orchestrator.client_states[k][CONTROL + name].double() * n for k, n in samples.items()) / total
+        mean = sum(orchestrator.client_states[k]["strategy"][CONTROL + name].double() * n for k, n in samples.items()) / total
         assert torch.allclose(c.double(), mean, atol=1e-6), name
     assert any(c.abs().sum() > 0 for c in server.values())
     # Control variates travel both ways beside the model: their bytes are counted.
@@ -106,7 +105,7 @@ def test_fedper_never_sends_head_weights(tmp_path):
     # The heads stayed on the base stations: personal, different from each other, never averaged.
     key = "heads.traffic_class.net.weight" if "heads.traffic_class.net.weight" in orchestrator.global_state else next(
         k for k in orchestrator.global_state if k.startswith("heads.traffic_class") and k.endswith("weight"))
-    heads = [orchestrator.client_states[c][key] for c in range(3)]
+    heads = [orchestrator.client_states[c]["strategy"][key] for c in range(3)]
     assert not torch.equal(heads[0], heads[1])
     assert torch.equal(orchestrator.global_state[key], orchestrator.initial_state[key])
 
@@ -122,9 +121,8 @@ def test_fedrep_trains_heads_alone_then_the_trunk(tmp_path):
     orchestrator.start_round(1)
     start = {k: v.clone() for k, v in orchestrator.model.trunk.state_dict().items()}
     seen = _TrunkAfterFirstEpoch()
-    fit = train_client(orchestrator.model, orchestrator.data.clients[0], orchestrator.payload, local_epochs=1,
-                       batch_size=32, seed=1, callbacks=[seen], strategy=orchestrator.strategy,
-                       initial_state=orchestrator.initial_state)
+    fit = orchestrator.runtime.fit(0, orchestrator.data.clients[0], orchestrator.payload, rnd=1, seed=1,
+                                   extra_callbacks=[seen])
     for key, value in start.items():  # the head epoch moved nothing in the trunk, BatchNorm statistics included
         assert torch.equal(seen.trunk[key], value), key
     assert not torch.equal(fit.upload["trunk.layers.0.weight"], orchestrator.payload["trunk.layers.0.weight"])

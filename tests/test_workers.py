@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fedaux.config import load_config
-from fedaux.federated.workers import available_cores
-from fedaux.train import run, worker_layout
+from fedaux.federated.engines import available_cores, worker_layout
+from fedaux.train import run
 from tests.conftest import REPO
 
 
@@ -51,16 +51,18 @@ def test_three_rounds_with_two_workers_equal_one_worker(tmp_path, extra):
     with torch_threads(max(1, available_cores() // 2)):
         sequential = run(_cfg(tmp_path / "one", "federated.workers=1", *extra))
         parallel = run(_cfg(tmp_path / "two", "federated.workers=2", *extra))
-    assert (sequential.orchestrator.workers, parallel.orchestrator.workers) == (1, 2)
-    assert parallel.orchestrator.worker_threads == max(1, available_cores() // 2)
+    assert (sequential.orchestrator.engine.workers, parallel.orchestrator.engine.workers) == (1, 2)
+    assert parallel.orchestrator.engine.threads == max(1, available_cores() // 2)
     _assert_same_run(sequential, parallel)
     # Each base station's own state (FedPer heads, DWA's loss history) came back from its worker.
     if "federated.strategy=fedper" in extra:
         states = parallel.orchestrator.client_states
-        assert states and all("weighting/history" in s for s in states.values())
+        assert states and all("history" in s["weighting"] for s in states.values())
         for client, state in states.items():
-            for key, value in state.items():
-                assert torch.equal(value, sequential.orchestrator.client_states[client][key]), (client, key)
+            for namespace, entries in state.items():
+                for key, value in entries.items():
+                    expected = sequential.orchestrator.client_states[client][namespace][key]
+                    assert torch.equal(value, expected), (client, namespace, key)
 
 
 def test_a_run_with_workers_resumes_to_the_uninterrupted_weights(tmp_path):
@@ -93,7 +95,7 @@ def test_two_workers_share_one_gpu(tmp_path):
     gpu = ("trainer.accelerator=gpu",)
     one = run(_cfg(tmp_path / "one", "federated.workers=1", *gpu))
     two = run(_cfg(tmp_path / "two", "federated.workers=2", *gpu))
-    assert two.orchestrator.workers == 2
+    assert two.orchestrator.engine.workers == 2
     for key, value in one.orchestrator.global_state.items():
         torch.testing.assert_close(value, two.orchestrator.global_state[key], rtol=1e-3, atol=1e-4)
 
@@ -105,14 +107,13 @@ def test_a_fit_on_the_reused_trainer_equals_a_fit_on_a_new_one(tmp_path, local_e
     from fedaux.federated import client as client_module
     from fedaux.train import build_orchestrator
 
-    orchestrator = build_orchestrator(_cfg(tmp_path, "federated.workers=1"))
+    orchestrator = build_orchestrator(_cfg(tmp_path, "federated.workers=1", f"federated.local_epochs={local_epochs}"))
     payload, clients = dict(orchestrator.global_state), orchestrator.data.clients
 
     def fit(client, new_trainer):
         if new_trainer:
             client_module._THREAD_TRAINERS.__dict__.clear()
-        return client_module.train_client(orchestrator.model, clients[client], payload, local_epochs, 32,
-                                          seed=100 + client, gradient_clip_val=1.0).upload
+        return orchestrator.runtime.fit(client, clients[client], payload, rnd=1, seed=100 + client).upload
 
     alone = fit(1, new_trainer=True)
     fit(0, new_trainer=True)

@@ -1,14 +1,13 @@
-"""Local training on one base station and evaluation of the global model, with Lightning.
+"""Lightning for base stations and the server: Trainer options, the reused per-thread Trainer of
+local fits, a base station's own-model scores and the evaluator of the global model.
 
-Both engines (in-process and Flower) use these functions, so a client trains the same way
-wherever it runs.
+The fit itself is :meth:`fedaux.federated.runtime.ClientRuntime.fit`, which every engine runs.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -17,20 +16,14 @@ from functools import cached_property
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 
-from fedaux.data.datamodule import ClientDataModule, HeldOutDataModule
+from fedaux.data.datamodule import HeldOutDataModule
 from fedaux.data.samples import SampleSet
 from fedaux.errors import ConfigError
-from fedaux.federated.aggregation import cpu_state  # noqa: F401  (defined with the other state helpers; re-exported)
-from fedaux.federated.compression import UplinkCompression
-from fedaux.federated.privacy import DPSGD, DPSGD_HISTORY, ClientLevelDP
-from fedaux.federated.strategies import Strategy
 from fedaux.labels import IGNORE_INDEX
 from fedaux.model.module import MultiTaskModule
 
-WEIGHTING_STATE = "weighting/"  # local-state prefix of what the loss weighting keeps between fits (DWA's history)
 ACCELERATORS = ("auto", "cpu", "gpu", "mps")  # what a base station's Trainer may run on (trainer.accelerator)
 
 
@@ -118,11 +111,6 @@ class TrainerOptions:
                 "deterministic": True if self.on_cpu else "warn"}
 
 
-def derived_seed(*parts: int) -> int:
-    """A 32-bit seed from the experiment seed, round and client: the same wherever it is computed."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
 @contextmanager
 def quiet_lightning():
     """Silence Lightning's per-Trainer banners and hints; per-client Trainers would print hundreds."""
@@ -168,115 +156,6 @@ def client_trainer(local_epochs: int, gradient_clip_val: float | None, callbacks
 
 
 _THREAD_TRAINERS = threading.local()
-
-
-@dataclass
-class ClientFit:
-    """What one base station's local fit produced.
-
-    Attributes:
-        upload: what it sends to its edge server (the strategy's choice of entries, on the CPU).
-        local_state: what it keeps for its next round (personal heads, control variates; may be empty).
-        metrics: the module's ``train/*`` epoch means of the last local epoch and, for personalised
-            strategies, ``personal/*`` scores of the base station's own model.
-        seconds: wall time of the fit (Trainer set-up to teardown).
-        loop_seconds: the part of it inside Lightning's training loop (the rest is set-up and teardown).
-    """
-
-    upload: dict[str, torch.Tensor]
-    local_state: dict[str, torch.Tensor]
-    metrics: dict[str, float]
-    seconds: float
-    loop_seconds: float = 0.0
-
-
-class _LoopClock(L.Callback):
-    """Times Lightning's training loop inside a fit (``on_train_start`` to ``on_train_end``)."""
-
-    def __init__(self) -> None:
-        self.start = self.seconds = 0.0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.seconds = time.perf_counter() - self.start
-
-
-def train_client(
-    model: MultiTaskModule,
-    samples: SampleSet,
-    payload: dict[str, torch.Tensor],
-    local_epochs: int,
-    batch_size: int,
-    seed: int,
-    gradient_clip_val: float | None = None,
-    callbacks: Sequence[L.Callback] = (),
-    trainer_options: TrainerOptions | None = None,
-    strategy: Strategy | None = None,
-    local_state: dict[str, torch.Tensor] | None = None,
-    initial_state: dict[str, torch.Tensor] | None = None,
-    test: SampleSet | None = None,
-    compression: UplinkCompression | None = None,
-    privacy: ClientLevelDP | None = None,
-    dp_sgd: tuple[float, float, float] | None = None,
-    client: int | None = None,
-) -> ClientFit:
-    """Start ``model`` from ``payload`` (and the base station's ``local_state``), fit it on
-    ``samples`` and return what the strategy uploads and keeps.
-
-    The upload is on the CPU whatever device the fit used, so aggregation and byte counts are the
-    same on any device. ``initial_state`` (the model's seeded initial weights) fills entries that
-    neither the payload nor the local state has, e.g. personal heads on their first round;
-    ``test`` (the held-out flows) is scored by personalised strategies' local models. With an
-    active uplink ``compression`` the upload is the encoded update (``<name>#<part>`` entries) and
-    the local state gains the error-feedback residuals. ``privacy`` (local mode) clips and noises
-    the upload; ``dp_sgd`` ``(clip_norm, noise_multiplier, delta)`` trains with Opacus' DP-SGD and
-    reports the base station's cumulative ``privacy/client_epsilon``. ``client`` (the base
-    station's index) is ``trainer.datamodule.client`` for Lightning callbacks.
-    """
-    strategy = strategy or Strategy([n for n, _ in model.named_parameters()])
-    local_state = local_state or {}
-    strategy.load_client(model, payload, local_state, initial_state if initial_state is not None else payload)
-    model.weighting.load_local_state({k[len(WEIGHTING_STATE):]: v for k, v in local_state.items()
-                                      if k.startswith(WEIGHTING_STATE)})
-    method_callbacks = strategy.client_callbacks(model, payload, local_state)
-    torch.manual_seed(seed)  # RLW draws and any dropout repeat exactly for this (round, client)
-    start = time.perf_counter()
-    # Lightning clips only under automatic optimisation; a module that steps by hand (gradient-based
-    # weightings) clips in its own on_before_optimizer_step, at the same point of the step.
-    model.manual_clip_val = None if model.automatic_optimization else gradient_clip_val
-    if dp_sgd is not None:  # Opacus clips every sample's gradient; Lightning must not clip the batch's
-        model.dp_sgd = DPSGD(*dp_sgd, seed=seed, history=local_state.get(DPSGD_HISTORY))
-        gradient_clip_val = None
-    clock = _LoopClock()
-    try:
-        with quiet_lightning():
-            trainer = client_trainer(strategy.local_epochs(local_epochs),
-                                     gradient_clip_val if model.automatic_optimization else None,
-                                     [*method_callbacks, *callbacks, clock], trainer_options)
-            trainer.fit(model, ClientDataModule(samples, batch_size=batch_size, seed=seed, client=client))
-    finally:
-        private, model.dp_sgd = model.dp_sgd, None
-        if private is not None:
-            private.close()
-    seconds = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    if private is not None:
-        metrics["privacy/client_epsilon"] = private.epsilon()
-    if strategy.personalised and test is not None:
-        metrics.update(personal_scores(model, test, samples))
-    upload, kept = strategy.client_upload(model, payload, local_state, method_callbacks)
-    if weighting_state := model.weighting.local_state():
-        kept = {**kept, **{WEIGHTING_STATE + k: v for k, v in weighting_state.items()}}
-    if private is not None:
-        kept = {**kept, DPSGD_HISTORY: private.history_tensor()}
-    if privacy is not None:  # local DP: clip and noise before the update leaves (then compression)
-        upload = privacy.at_client(upload, payload, seed)
-    if compression is not None and compression.active:
-        upload, residuals = compression.encode(upload, payload, local_state)
-        kept = {**kept, **residuals}
-    return ClientFit(upload, kept, metrics, seconds, clock.seconds)
 
 
 @torch.no_grad()

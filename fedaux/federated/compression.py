@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
+from typing import Any
 
 import torch
 
@@ -108,6 +109,10 @@ class TopK(Codec):
             raise ConfigError(f"federated.compression.topk_fraction={fraction} must be in (0, 1]")
         self.fraction = fraction
 
+    @classmethod
+    def from_options(cls, topk_fraction: float = 0.01, **_options: Any) -> TopK:
+        return cls(topk_fraction)
+
     def encode(self, tensor):
         flat = tensor.detach().reshape(-1)
         k = max(1, math.ceil(self.fraction * flat.numel()))
@@ -126,9 +131,15 @@ def running_statistics(model: torch.nn.Module) -> set[str]:
     return {name for name, value in model.state_dict().items() if value.is_floating_point() and name not in params}
 
 
-def build_codec(name: str, topk_fraction: float = 0.01, key: str = "federated.compression.uplink") -> Codec:
+def build_codec(name: str, topk_fraction: float = 0.01, key: str = "federated.compression.uplink",
+                options: Mapping[str, Any] | None = None) -> Codec:
+    """The codec ``name`` names. A codec class with a ``from_options(**options)`` classmethod gets
+    ``topk_fraction`` and the section's ``options`` (a user codec's own keys); it ignores the rest."""
     cls = CODECS.get(name, key)
-    return cls(topk_fraction) if cls is TopK else cls()
+    from_options = getattr(cls, "from_options", None)
+    if from_options is None:
+        return cls()
+    return from_options(topk_fraction=topk_fraction, **dict(options or {}))
 
 
 def encode_state(state: Mapping[str, torch.Tensor], codec: Codec) -> dict[str, torch.Tensor]:
@@ -224,15 +235,27 @@ class UplinkCompression:
         return {n: payload[n] + update[n] if payload[n].is_floating_point() else update[n] for n in payload}
 
 
+def downlink_codec_names() -> list[str]:
+    """The codecs the downlink may use: every dense one (see :class:`Compression`)."""
+    return [name for name, cls in CODECS.items() if not cls.sparse]
+
+
 class Compression:
-    """Both directions of one experiment (the ``federated.compression`` section)."""
+    """Both directions of one experiment (the ``federated.compression`` section).
+
+    The downlink takes dense codecs only: decoding a sparse (top-k) global update needs the
+    previous global state, which base stations sampled out of a round lack.
+    """
 
     def __init__(self, uplink: str = "none", downlink: str = "none", topk_fraction: float = 0.01,
-                 error_feedback: bool = True, statistics: Collection[str] = ()) -> None:
-        self.uplink = UplinkCompression(build_codec(uplink, topk_fraction), error_feedback, statistics)
-        if downlink == "topk":
-            raise ConfigError("federated.compression.downlink='topk' is not supported; choose none, fp16 or int8")
-        self.downlink = build_codec(downlink, key="federated.compression.downlink")
+                 error_feedback: bool = True, statistics: Collection[str] = (),
+                 options: Mapping[str, Any] | None = None) -> None:
+        self.uplink = UplinkCompression(build_codec(uplink, topk_fraction, options=options), error_feedback, statistics)
+        self.downlink = build_codec(downlink, topk_fraction, key="federated.compression.downlink", options=options)
+        if self.downlink.sparse:
+            raise ConfigError(f"federated.compression.downlink={downlink!r} is not supported: decoding a sparse global "
+                              "update needs the previous global state, which base stations sampled out of a round "
+                              f"lack; choose one of {downlink_codec_names()} ({downlink} is an uplink codec)")
 
     @classmethod
     def from_config(cls, cfg, model: torch.nn.Module | None = None) -> Compression:
@@ -240,7 +263,12 @@ class Compression:
         if cfg is None:
             return cls()
         return cls(cfg.uplink, cfg.downlink, cfg.topk_fraction, cfg.error_feedback,
-                   running_statistics(model) if model is not None else ())
+                   running_statistics(model) if model is not None else (), dict(cfg.get("options", None) or {}))
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Refuse a ``federated.compression`` section that cannot work (bad codec, option or direction)."""
+        cls.from_config(cfg.federated.compression)
 
     @property
     def downlink_active(self) -> bool:
@@ -256,3 +284,8 @@ class Compression:
     def receive_down(self, wire: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A base station's view of the downlink wire."""
         return dict(wire) if not self.downlink_active else decode_state(wire, None, self.downlink)
+
+
+def check_config(cfg: Any) -> None:
+    """``federated.compression``'s rules (called by :func:`fedaux.config.validate`)."""
+    Compression.check_config(cfg)

@@ -14,7 +14,7 @@ import shlex
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedaux.federated.flower_engine import FlowerEngine, client_app
+from fedaux.federated.engines.flower import FlowerEngine, client_app
 
 server_app = ServerApp()
 

@@ -1,7 +1,7 @@
 """Round-level hooks: how callbacks observe the federated loop without copying it.
 
 A run calls ``on_run_start``, then per round: ``on_round_start`` -> per base station
-``on_client_start`` (the in-process engine, just before the local fit) and ``on_client_done`` or
+``on_client_start`` (when an engine hands the local fit out) and ``on_client_done`` or
 ``on_client_dropped`` -> ``on_aggregated`` -> ``on_evaluated`` -> ``log_round`` (every callback
 adds its keys to the round record) -> ``on_round_end`` (writers see the complete record). After
 the last round ``add_to_summary`` (every callback adds its totals) and ``on_run_end`` (writers see
@@ -39,7 +39,7 @@ class ClientUpdate:
     train_metrics: dict[str, float]  # ``train/*`` epoch means of the client's last local epoch
     fit_seconds: float
     nbytes: int = 0  # bytes of ``state`` as sent
-    local_state: dict[str, torch.Tensor] | None = None  # what the base station keeps (in-process engine)
+    local_state: dict[str, dict[str, torch.Tensor]] | None = None  # what the base station keeps, by namespace (in-process engines)
     loop_seconds: float = 0.0  # the part of ``fit_seconds`` inside Lightning's training loop
 
     @property
@@ -61,11 +61,12 @@ class RoundAggregate:
 class RoundCallback:
     """Base class for round hooks; every hook is optional.
 
-    A subclass may also be a ``lightning.Callback``: the in-process engine then attaches it to
-    every client's Trainer too. With worker processes (``federated.workers`` > 1) each worker
-    holds a copy, made when the workers start: its Lightning hooks run there and what they change
-    stays there (as with Lightning's own multi-process strategies); ``trainer.datamodule.client``
-    names the base station being fitted.
+    A subclass may also be a ``lightning.Callback``: it is then attached to every base station's
+    Trainer, on every engine. The sequential engine uses the object itself; each worker process
+    holds a copy, made when the workers start, and each Flower node builds its own from
+    ``logging.callbacks``: its Lightning hooks run there and what they change stays there (as with
+    Lightning's own multi-process strategies). ``trainer.datamodule.client`` and
+    ``trainer.datamodule.rnd`` name the base station and round being fitted.
     """
 
     @property
@@ -82,12 +83,12 @@ class RoundCallback:
     def on_round_start(self, orchestrator: FederatedOrchestrator, rnd: int, clients: list[int]) -> None: ...
 
     def on_client_start(self, orchestrator: FederatedOrchestrator, rnd: int, client: int) -> None:
-        """A base station's local fit is handed out (in-process engine; on Flower it runs remotely).
+        """A base station's local fit is handed out, by every engine.
 
-        With ``federated.workers=1`` it comes just before that fit, so starts and ends alternate;
-        with worker processes, when a worker takes the fit (up to ``2 * workers`` fits ahead of
-        the updates folded so far). ``on_client_done`` / ``on_client_dropped`` come in
-        base-station order either way.
+        Sequential engine: just before that fit, so starts and ends alternate. Worker processes:
+        when a worker takes the fit (up to ``2 * workers`` fits ahead of the updates folded so
+        far). Flower: when the round's training messages are sent. ``on_client_done`` /
+        ``on_client_dropped`` come in base-station order in every engine.
         """
 
     def on_client_done(self, orchestrator: FederatedOrchestrator, rnd: int, update: ClientUpdate) -> None: ...
@@ -131,6 +132,16 @@ def build_callback(spec: str, cfg: Any, run_dir: Path, key: str = "logging.callb
     if callback is not None and not isinstance(callback, RoundCallback):
         raise ConfigError(f"{key}: {spec!r} built a {type(callback).__name__}, not a fedaux RoundCallback")
     return callback
+
+
+def lightning_callbacks_from_config(cfg: Any, run_dir: Path | None = None) -> list[Any]:
+    """The callbacks of ``logging.callbacks`` that are also Lightning callbacks: what a base station
+    attaches to its fits where the server's objects are not at hand (a Flower node)."""
+    import lightning as L
+
+    built = [build_callback(spec, cfg, run_dir or Path(cfg.output_dir), key=f"logging.callbacks[{i}]")
+             for i, spec in enumerate(cfg.logging.callbacks)]
+    return [c for c in built if isinstance(c, L.Callback)]
 
 
 def at_target(orchestrator: FederatedOrchestrator, summary: dict[str, Any], record_key: str) -> Any:

@@ -1,7 +1,18 @@
-"""The in-process federated loop: select, train locally, aggregate in two tiers, evaluate.
+"""The federated server protocol: select, send down, receive, aggregate per tier, evaluate, hook, keep state.
 
 A small loop with hooks (in the spirit of Flower's Strategy): every measurement, file and logger
-lives in a :class:`~fedaux.federated.hooks.RoundCallback`, never in the loop.
+lives in a :class:`~fedaux.federated.hooks.RoundCallback`, never here. Where and when base
+stations fit is an engine's job (:mod:`fedaux.federated.engines`); every engine drives this
+class the same way, per round::
+
+    clients = server.start_round(rnd)          # select, encode the downlink, on_round_start
+    server.client_started(rnd, client)         # a fit is handed out (each selected base station)
+    server.receive(rnd, update)                # edge stages, fold into its edge server's rule
+    server.drop(rnd, client, reason)           # or: it failed
+    record = server.finish_round(rnd)          # edge -> top stages, server update, evaluate, log
+
+What an update goes through is the update pipeline (:mod:`fedaux.federated.pipeline`); the server
+runs its edge and top slots.
 """
 
 from __future__ import annotations
@@ -9,24 +20,28 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
+import torch
 
 from fedaux.data.samples import FederatedData
-from fedaux.federated.aggregation import TwoTierAggregator, state_nbytes
-from fedaux.federated.client import ClientFit, GlobalEvaluator, TrainerOptions, cpu_state, derived_seed
+from fedaux.federated.aggregation import TwoTierAggregator, cpu_state, state_nbytes
+from fedaux.federated.client import GlobalEvaluator
 from fedaux.federated.compression import Compression
-from fedaux.federated.errors import ClientTimeout, NotEnoughClients
+from fedaux.federated.errors import NotEnoughClients
 from fedaux.federated.hooks import ClientUpdate, RoundAggregate, RoundCallback
+from fedaux.federated.pipeline import LocalState, StageContext, Update, UpdateRejected
 from fedaux.federated.privacy import ClientLevelDP
-from fedaux.federated.strategies import Strategy
-from fedaux.federated.validation import update_problem
-from fedaux.federated.workers import ClientWorkers, FitSettings
-from fedaux.model.module import MultiTaskModule
+from fedaux.federated.runtime import ClientRuntime
+from fedaux.federated.seeds import edge_noise_seed, fit_seed
+from fedaux.federated.selection import clients_per_round, select_clients
+
+if TYPE_CHECKING:
+    from fedaux.federated.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
@@ -34,127 +49,108 @@ TIER_EDGE = "base_station-edge"  # between base stations and their edge server
 TIER_TOP = "edge-top"  # between edge servers and the top level
 
 
-def _with_timeout(fn: Callable[[], Any], timeout_s: float) -> Any:
-    """Run ``fn`` in a daemon thread; raise :class:`ClientTimeout` if it has not returned in time."""
-    outcome: dict[str, Any] = {}
+@dataclass(frozen=True)
+class ServerSettings:
+    """The server's side of the config: rounds, selection, aggregation, evaluation.
 
-    def work() -> None:
-        try:
-            outcome["value"] = fn()
-        except BaseException as err:  # re-raised in the caller's thread
-            outcome["error"] = err
+    Attributes:
+        rounds: rounds in all (a resumed run continues to this many).
+        fraction: the share of base stations selected each round.
+        seed: the experiment seed (selection and edge noise derive from it).
+        target_accuracy: the accuracy whose first round the summary reports.
+        min_clients: fewer valid updates in a round stop the run.
+        aggregation: the edge servers' rule (an ``AGGREGATION_RULES`` name).
+        trim_fraction: its option (``trimmed_mean``).
+        eval_batch_size: windows per batch when evaluating the global model.
+    """
 
-    worker = threading.Thread(target=work, daemon=True, name="fedaux-client")
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        raise ClientTimeout(f"no answer within federated.client_timeout_s={timeout_s:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    rounds: int
+    fraction: float = 1.0
+    seed: int = 0
+    target_accuracy: float = 0.8
+    min_clients: int = 1
+    aggregation: str = "fedavg"
+    trim_fraction: float = 0.1
+    eval_batch_size: int = 1024
 
-
-def clients_per_round(num_clients: int, fraction: float) -> int:
-    """How many base stations take part in a round: ``max(1, round(fraction * B))``."""
-    return max(1, int(round(fraction * num_clients)))
-
-
-def select_clients(seed: int, rnd: int, num_clients: int, fraction: float) -> list[int]:
-    """The base stations taking part in round ``rnd``: :func:`clients_per_round` of them, seeded."""
-    count = clients_per_round(num_clients, fraction)
-    if count >= num_clients:
-        return list(range(num_clients))
-    rng = np.random.default_rng([seed, 7, rnd])
-    return sorted(int(c) for c in rng.choice(num_clients, size=count, replace=False))
+    @classmethod
+    def from_config(cls, cfg: Any) -> ServerSettings:
+        fed = cfg.federated
+        return cls(int(fed.rounds), float(fed.fraction), int(cfg.seed), float(cfg.target_accuracy), int(fed.min_clients),
+                   str(fed.aggregation), float(fed.trim_fraction), int(fed.eval_batch_size))
 
 
 class FederatedOrchestrator:
-    """Runs ``rounds`` of a two-tier federated strategy (FedAvg by default) over the base stations of ``data``.
+    """The server of a two-tier federation over the base stations of ``data``.
 
     Args:
-        model: the multi-task LightningModule; its initial weights are the first global state.
-            One model object is reused for every client's local fit (its state is reloaded first).
-        data: clients' sample sets, their edge servers and the held-out test set.
+        runtime: the base stations' runtime (model, strategy, update pipeline); the server reuses
+            its model to evaluate, its strategy's downlink and its pipeline's edge and top stages.
+        data: the clients' sample sets, their edge servers and the held-out test set.
+        settings: rounds, selection, aggregation and evaluation.
         callbacks: round hooks; those that are also Lightning callbacks are attached to every
-            client's Trainer. Their ``state_key`` values must differ where they keep state.
-        trainer_options: accelerator, devices and precision of every client Trainer and the evaluator.
-        strategy: what is sent, how clients train, what they keep and how the top tier updates
-            (:mod:`fedaux.federated.strategies`); FedAvg when None.
-        compression: the uplink and downlink codecs (:mod:`fedaux.federated.compression`).
-        privacy: client-level differential privacy, central or local (:mod:`fedaux.federated.privacy`).
-        dp_sgd: ``(clip_norm, noise_multiplier, delta)`` for sample-level DP-SGD in every local fit.
-        workers: local fits run at once, each in its own process (:mod:`fedaux.federated.workers`)
-            with ``worker_threads`` torch threads; 1 fits the base stations one after another in
-            this process, with its torch threads. Updates are folded in base-station order either
-            way, so with equal threads per fit the weights are equal bit for bit.
+            in-process fit. Their ``state_key`` values must differ where they keep state.
+        compression: the downlink codec (``federated.compression.downlink``).
+        privacy: the client-level DP accountant (``privacy.mode`` central or local).
+        engine: what :meth:`run` uses when no drive is given (the sequential engine by default).
 
     Its :meth:`state_dict` (completed rounds, global state, history, drop counts, the strategy's
-    server state, the privacy accountant, the base stations' local states, the edge servers'
-    compression residuals and every callback's state) is all a resumed run needs besides the RNG
-    states.
+    and the stages' server state, the privacy accountant, the base stations' and edge servers'
+    local states and every callback's state) is all a resumed run needs besides the RNG states.
     """
 
-    def __init__(
-        self,
-        model: MultiTaskModule,
-        data: FederatedData,
-        *,
-        rounds: int,
-        local_epochs: int = 1,
-        batch_size: int = 32,
-        fraction: float = 1.0,
-        seed: int = 0,
-        target_accuracy: float = 0.8,
-        gradient_clip_val: float | None = None,
-        eval_batch_size: int = 1024,
-        callbacks: Sequence[RoundCallback] = (),
-        client_timeout_s: float | None = None,
-        min_clients: int = 1,
-        update_norm_bound: float | None = None,
-        aggregation: str = "fedavg",
-        trim_fraction: float = 0.1,
-        trainer_options: TrainerOptions | None = None,
-        strategy: Strategy | None = None,
-        compression: Compression | None = None,
-        privacy: ClientLevelDP | None = None,
-        dp_sgd: tuple[float, float, float] | None = None,
-        workers: int = 1,
-        worker_threads: int = 1,
-    ) -> None:
-        if workers < 1 or worker_threads < 1:
-            raise ValueError(f"workers={workers} and worker_threads={worker_threads} must be at least 1")
-        self.model, self.data = model, data
-        self.rounds, self.local_epochs, self.batch_size = rounds, local_epochs, batch_size
-        self.fraction, self.seed, self.gradient_clip_val = fraction, seed, gradient_clip_val
-        self.target_accuracy = target_accuracy
-        self.client_timeout_s, self.min_clients, self.update_norm_bound = client_timeout_s, min_clients, update_norm_bound
-        self.aggregation, self.trim_fraction = aggregation, trim_fraction
-        self.trainer_options = trainer_options or TrainerOptions()
-        self.rejections: dict[int, int] = {}  # base station -> updates dropped or rejected so far
+    def __init__(self, runtime: ClientRuntime, data: FederatedData, settings: ServerSettings, *,
+                 callbacks: Sequence[RoundCallback] = (), compression: Compression | None = None,
+                 privacy: ClientLevelDP | None = None, engine: Engine | None = None) -> None:
+        self.runtime, self.data, self.settings = runtime, data, settings
         self.callbacks = list(callbacks)
         _check_state_keys(self.callbacks)
-        self.global_state = cpu_state(model)
-        self.initial_state = cpu_state(model)  # seeded initial weights: personal heads start here
-        self.strategy = strategy or Strategy([n for n, _ in model.named_parameters()])
-        self.client_states: dict[int, dict[str, Any]] = {}  # what each base station keeps between rounds
-        self.edge_residuals: dict[int, dict[str, Any]] = {}  # each edge server's uplink error feedback
         self.compression = compression or Compression()
         self.privacy = privacy
-        self.dp_sgd = dp_sgd  # (clip_norm, noise_multiplier, delta) of sample-level DP-SGD, or None
+        if engine is None:
+            from fedaux.federated.engines.sequential import SequentialEngine
+
+            engine = SequentialEngine()
+        self.engine = engine
+        self.global_state = cpu_state(runtime.model)
+        self.rejections: dict[int, int] = {}  # base station -> updates dropped or rejected so far
+        self.client_states: dict[int, LocalState] = {}  # what each base station keeps (in-process engines)
+        self.edge_states: dict[int, LocalState] = {}  # what each edge server's stages keep (uplink residuals)
         self.stop_reason: str | None = None  # set when the run ends early by design (privacy budget)
         self._payload: dict[str, Any] = {}  # what the base stations start from (decoded downlink)
         self._downlink_wire: dict[str, Any] = {}  # what is sent down (the payload, encoded)
-        self.evaluator = GlobalEvaluator(model, data.test, eval_batch_size, self.trainer_options)
+        self.evaluator = GlobalEvaluator(runtime.model, data.test, settings.eval_batch_size, runtime.trainer_options)
         self.history: list[dict[str, Any]] = []
         self.completed_rounds = 0
         self.summary: dict[str, Any] | None = None
-        self.workers, self.worker_threads = workers, worker_threads
-        self._pool: ClientWorkers | None = None  # started at the first parallel round, stopped by close()
+        self._received: list[ClientUpdate] = []
+        self._dropped: list[tuple[int, str]] = []
 
-    # ------------------------------------------------------------------ hooks
-    def _call(self, hook: str, *args: Any) -> None:
-        for callback in self.callbacks:
-            getattr(callback, hook)(self, *args)
+    # ------------------------------------------------------------------ views
+    @property
+    def model(self) -> Any:
+        return self.runtime.model
+
+    @property
+    def strategy(self) -> Any:
+        return self.runtime.strategy
+
+    @property
+    def pipeline(self) -> Any:
+        return self.runtime.pipeline
+
+    @property
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        """The model's seeded initial weights (personal heads start here)."""
+        return self.runtime.initial_state
+
+    @property
+    def rounds(self) -> int:
+        return self.settings.rounds
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
 
     @property
     def lightning_callbacks(self) -> list[L.Callback]:
@@ -171,22 +167,23 @@ class FederatedOrchestrator:
         """The arrays actually sent down this round (the payload, encoded by the downlink codec)."""
         return self._downlink_wire
 
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run continues from, except RNG states (the checkpoint adds those).
-
-        Keys: ``completed_rounds``, ``global_state``, ``history``, ``rejections`` (drops per base
-        station) and ``callbacks`` (each stateful callback's ``state_dict()`` under its ``state_key``).
-        """
+        """Everything a resumed run continues from, except RNG states (the checkpoint adds those)."""
         return {
             "completed_rounds": self.completed_rounds,
             "global_state": self.global_state,
             "history": list(self.history),
             "rejections": dict(self.rejections),
             "strategy": self.strategy.state_dict(),
+            "stages": self.pipeline.state_dict(),
             "privacy": self.privacy.state_dict() if self.privacy is not None else {},
             "client_states": dict(self.client_states),
-            "edge_residuals": dict(self.edge_residuals),
+            "edge_states": dict(self.edge_states),
             "callbacks": {cb.state_key: state for cb in self.callbacks if (state := cb.state_dict())},
         }
 
@@ -197,110 +194,51 @@ class FederatedOrchestrator:
         self.history = list(state["history"])
         self.rejections = {int(k): int(v) for k, v in state["rejections"].items()}
         self.strategy.load_state_dict(state.get("strategy", {}))
+        self.pipeline.load_state_dict(state.get("stages", {}))
         if self.privacy is not None:
             self.privacy.load_state_dict(state.get("privacy", {}))
-        self.client_states = {int(k): {n: t.detach().to("cpu") for n, t in v.items()}
-                              for k, v in state.get("client_states", {}).items()}
-        self.edge_residuals = {int(k): {n: t.detach().to("cpu") for n, t in v.items()}
-                               for k, v in state.get("edge_residuals", {}).items()}
+        self.client_states = {int(k): _cpu_local_state(v) for k, v in state.get("client_states", {}).items()}
+        self.edge_states = {int(k): _cpu_local_state(v) for k, v in state.get("edge_states", {}).items()}
         saved = state["callbacks"]
         for callback in self.callbacks:
             if saved.get(callback.state_key):
                 callback.load_state_dict(saved[callback.state_key])
 
     # ------------------------------------------------------------------ one round
-    def fit_client(self, client: int, rnd: int) -> ClientUpdate:
-        """Train one base station in this process. With ``client_timeout_s`` the fit runs in a
-        worker thread on its own copy of the model, so a client that hangs can be abandoned
-        without touching shared state."""
-        settings = self._fit_settings(self.model if self.client_timeout_s is None else copy.deepcopy(self.model))
-        seed, local_state = derived_seed(self.seed, rnd, client), self.client_states.get(client)
-
-        def fit():
-            return settings.fit(client, self._payload, seed, local_state)
-
-        self._call("on_client_start", rnd, client)
-        result = fit() if self.client_timeout_s is None else _with_timeout(fit, self.client_timeout_s)
-        return self._client_update(client, result)
-
-    def _client_update(self, client: int, fit: ClientFit) -> ClientUpdate:
-        edge = int(self.data.partition.edge_of_client[client])
-        return ClientUpdate(client, edge, fit.upload, len(self.data.clients[client]), fit.metrics, fit.seconds,
-                            local_state=fit.local_state, loop_seconds=fit.loop_seconds)
-
-    def _fit_settings(self, model: MultiTaskModule | None = None) -> FitSettings:
-        """What any base station's fit needs besides its payload, seed and local state: used here
-        (on ``model``, by default the orchestrator's) and sent once to every worker process."""
-        return FitSettings(
-            model=self.model if model is None else model, clients=self.data.clients, local_epochs=self.local_epochs, batch_size=self.batch_size,
-            gradient_clip_val=self.gradient_clip_val, callbacks=self.lightning_callbacks,
-            trainer_options=self.trainer_options, strategy=self.strategy, initial_state=self.initial_state,
-            test=self.data.test if self.strategy.personalised else None, compression=self.compression.uplink,
-            privacy=self.privacy, dp_sgd=self.dp_sgd, threads=self.worker_threads,
-        )
-
-    def _fits_in_workers(self, rnd: int, clients: list[int]):
-        """``(client, ClientUpdate | reason)`` in base-station order, fitted by the worker processes."""
-        if self._pool is None:
-            self._pool = ClientWorkers(self._fit_settings(), self.workers, self.client_timeout_s)
-        seeds = {c: derived_seed(self.seed, rnd, c) for c in clients}
-        states = {c: self.client_states.get(c) for c in clients}
-        for client, outcome in self._pool.fit(clients, self._payload, seeds, states,
-                                              on_dispatch=lambda c: self._call("on_client_start", rnd, c)):
-            yield client, outcome if isinstance(outcome, str) else self._client_update(client, outcome)
-
-    def _fits_here(self, rnd: int, clients: list[int]):
-        """``(client, ClientUpdate | reason)`` in base-station order, fitted one after another here."""
-        for client in clients:
-            try:
-                yield client, self.fit_client(client, rnd)
-            except ClientTimeout as err:
-                yield client, str(err)
-            except Exception as err:  # a failing base station must not end the federation
-                yield client, f"raised {type(err).__name__}: {err}"
-
-    @property
-    def worker_pids(self) -> list[int]:
-        """The running worker processes' ids (none before the first parallel round or after :meth:`close`)."""
-        return self._pool.pids if self._pool is not None else []
-
-    def close(self) -> None:
-        """Stop the worker processes, if any (:meth:`run` does it; a caller of :meth:`run_round` should)."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-
     def start_round(self, rnd: int) -> list[int]:
-        """Pick the round's base stations, open a fresh aggregator and call ``on_round_start``."""
-        clients = select_clients(self.seed, rnd, len(self.data.clients), self.fraction)
-        self._aggregator = TwoTierAggregator(self.data.partition.edge_of_client, self.aggregation, self.trim_fraction)
+        """Pick the round's base stations, open a fresh aggregator, encode the downlink and call
+        ``on_round_start``."""
+        s = self.settings
+        clients = select_clients(s.seed, rnd, len(self.data.clients), s.fraction)
+        self._aggregator = TwoTierAggregator(self.data.partition.edge_of_client, s.aggregation, s.trim_fraction)
         self._downlink_wire, self._payload = self.compression.send_down(self.strategy.downlink(self.global_state))
-        self._received: list[ClientUpdate] = []
-        self._dropped: list[tuple[int, str]] = []
+        self._received, self._dropped = [], []
         self._call("on_round_start", rnd, clients)
         return clients
 
+    def client_started(self, rnd: int, client: int) -> None:
+        """An engine hands out ``client``'s fit (``on_client_start``)."""
+        self._call("on_client_start", rnd, client)
+
     def receive(self, rnd: int, update: ClientUpdate) -> None:
-        """Take one client's update: validate it, call the hooks, fold it into the aggregate and drop
-        its state, so a round holds one state per edge server however many base stations there are."""
+        """Take one base station's update: its edge server's stages (decode, validate, clip), the
+        hooks, then fold it into the edge's rule and drop its state, so a round holds one state
+        per edge server however many base stations there are."""
         nbytes = state_nbytes(update.state) if update.state else 0  # as sent: after compression
-        if self.compression.uplink.active and update.state:
-            try:
-                update.state = self.compression.uplink.decode(update.state, self._payload)
-            except (KeyError, RuntimeError, ValueError) as err:
-                self.drop(rnd, update.client, f"update rejected: its compressed arrays do not decode ({err!r})")
-                return
-        problem = update_problem(update.state, self._payload, self.update_norm_bound)
-        if problem is not None:
-            self.drop(rnd, update.client, f"update rejected: {problem}")
+        edge = update.edge
+        arrived = Update(update.state, self._payload, update.client, update.num_samples,
+                         fit_seed(self.seed, rnd, update.client), nbytes)
+        try:
+            accepted, kept = self.pipeline.edge_receive(arrived, StageContext(rnd), self.edge_states.get(edge))
+        except UpdateRejected as err:
+            self.drop(rnd, update.client, f"update rejected: {err}")
             return
-        if self.privacy is not None:
-            update.state = self.privacy.clip_at_edge(update.state, self._payload)
-        update.nbytes = nbytes
+        self._keep_edge_state(edge, kept)
+        update.state, update.nbytes = accepted.state, nbytes
         self._call("on_client_done", rnd, update)
         self._aggregator.add(update.client, update.state, update.num_samples)
         update.state = {}
-        if update.local_state is not None:  # the in-process engine keeps what each base station keeps
+        if update.local_state is not None:  # in-process engines keep what each base station keeps
             self.client_states[update.client] = update.local_state
             update.local_state = None
         self._received.append(update)
@@ -312,39 +250,29 @@ class FederatedOrchestrator:
         self._dropped.append((client, reason))
         self._call("on_client_dropped", rnd, client, reason)
 
-    def run_round(self, rnd: int) -> dict[str, Any]:
-        """One in-process round: local fits (in worker processes when ``workers > 1``), then
-        :meth:`finish_round`. A base station that raises, hangs or whose worker dies is dropped."""
-        clients = self.start_round(rnd)
-        fits = self._fits_in_workers(rnd, clients) if self.workers > 1 else self._fits_here(rnd, clients)
-        for client, outcome in fits:
-            if isinstance(outcome, str):
-                self.drop(rnd, client, outcome)
-            else:
-                self.receive(rnd, outcome)
-        return self.finish_round(rnd)
+    def _keep_edge_state(self, edge: int, kept: LocalState) -> None:
+        if kept:
+            self.edge_states[edge] = kept
+        else:
+            self.edge_states.pop(edge, None)
 
     def _aggregate(self, rnd: int) -> RoundAggregate:
         edge_up_nbytes: dict[int, int] = {}
 
-        def edge_uplink(edge: int, state, rule):
-            """What each edge server sends up: DP noise (central mode), then the uplink codec."""
-            if self.privacy is not None:
-                state = self.privacy.noise_at_edge(state, rule.heaviest / rule.weight,
-                                                   derived_seed(self.seed, rnd, 1_000_000 + edge))
-            if not self.compression.uplink.active:
-                edge_up_nbytes[edge] = state_nbytes(state)
-                return state
-            residual = self.edge_residuals.get(edge, {})
-            wire, kept = self.compression.uplink.encode(state, self._payload, residual)
-            self.edge_residuals[edge] = kept
-            edge_up_nbytes[edge] = state_nbytes(wire)
-            return self.compression.uplink.decode(wire, self._payload)
+        def edge_uplink(edge: int, state: dict[str, torch.Tensor], rule: Any) -> dict[str, torch.Tensor]:
+            """An edge server's average through its send stages (noise, encode), then the top's decode."""
+            share = rule.heaviest / rule.weight if hasattr(rule, "heaviest") and rule.weight > 0 else 1.0
+            average = Update(state, self._payload, edge, rule.weight, edge_noise_seed(self.seed, rnd, edge))
+            sent, kept = self.pipeline.edge_send(average, StageContext(rnd, weight_share=share), self.edge_states.get(edge))
+            self._keep_edge_state(edge, kept)
+            edge_up_nbytes[edge] = sent.nbytes = state_nbytes(sent.state)
+            return self.pipeline.top_receive(sent, StageContext(rnd)).state
 
         result = self._aggregator.result(edge_uplink)
         updates = self._received
-        new_global = self.strategy.server_update(self.global_state, result.global_state, len(updates),
-                                                 len(self.data.clients))
+        average = Update(result.global_state, self.global_state, -1, float(sum(result.edge_samples.values())), 0)
+        context = StageContext(rnd, participants=len(updates), clients=len(self.data.clients))
+        new_global = self.pipeline.top_update(average, context).state
         # The strategy's payload (encoded) goes down to every participating edge server and base
         # station; each base station's upload goes up to its edge server, and each edge server's
         # average (noised, encoded) to the top.
@@ -360,10 +288,10 @@ class FederatedOrchestrator:
             NotEnoughClients: fewer than ``min_clients`` valid updates; the global state and the
                 last checkpoint stay as they were after the previous round.
         """
-        if len(self._received) < self.min_clients:
+        if len(self._received) < self.settings.min_clients:
             reasons = "; ".join(f"base station {c}: {r}" for c, r in self._dropped) or "none selected"
             raise NotEnoughClients(
-                f"round {rnd}: {len(self._received)} valid update(s), federated.min_clients={self.min_clients}; "
+                f"round {rnd}: {len(self._received)} valid update(s), federated.min_clients={self.settings.min_clients}; "
                 f"stopping after round {self.completed_rounds} (its state is saved). Dropped: {reasons}"
             )
         aggregate = self._aggregate(rnd)
@@ -371,16 +299,7 @@ class FederatedOrchestrator:
         self.global_state = aggregate.global_state
         self._call("on_aggregated", rnd, aggregate)
         metrics = self.evaluator(self.global_state)
-        trained = [u for u in updates if math.isfinite(u.train_loss)]  # a client with no batch has no loss
-        samples = sum(u.num_samples for u in trained)
-        metrics["train/global_loss"] = (
-            sum(u.train_loss * u.num_samples for u in trained) / samples if samples else float("nan")
-        )
-        # The clients' per-task losses and loss weights, averaged over the round like the global loss.
-        for key in sorted({k for u in trained for k in u.train_metrics} - {"train/loss"}):
-            present = [u for u in trained if key in u.train_metrics]
-            weight = sum(u.num_samples for u in present)
-            metrics[key] = sum(u.train_metrics[key] * u.num_samples for u in present) / weight
+        metrics.update(round_client_metrics(updates))
         if self.privacy is not None:
             metrics["privacy/epsilon"] = self.privacy.account(self.sample_rate)
         client_eps = [u.train_metrics["privacy/client_epsilon"] for u in updates if "privacy/client_epsilon" in u.train_metrics]
@@ -400,20 +319,21 @@ class FederatedOrchestrator:
 
     # ------------------------------------------------------------------ the run
     def run(self, drive: Callable[[FederatedOrchestrator], None] | None = None) -> dict[str, Any]:
-        """All rounds; returns the summary. ``on_run_teardown`` hooks run even if a round raises.
+        """All rounds left; returns the summary. ``on_run_teardown`` hooks run even if a round raises.
 
         Args:
-            drive: what calls :meth:`start_round`, :meth:`receive` and :meth:`finish_round` for each
-                round; by default the in-process loop (:meth:`run_round`). The Flower engine passes
-                its ServerApp, whose strategy calls the same methods.
+            drive: what calls the round API for each round (an engine's ``drive``). None: run
+                with :attr:`engine`, which calls back with its own.
         """
+        if drive is None:
+            return self.engine.run(self)
         failed = True
         try:
             self._call("on_run_start")
-            (drive or FederatedOrchestrator._run_rounds)(self)
+            drive(self)
             if self.completed_rounds < self.rounds and self.stop_reason is None:
                 raise RuntimeError(f"the run stopped after {self.completed_rounds} of {self.rounds} rounds")
-            self.summary = summarize(self.history, self.model.main_task, self.target_accuracy,
+            self.summary = summarize(self.history, self.model.main_task, self.settings.target_accuracy,
                                      self.strategy.headline_key(self.model.main_task))
             if self.privacy is not None:
                 self.summary["privacy_epsilon"] = self.privacy.epsilon()
@@ -425,18 +345,13 @@ class FederatedOrchestrator:
             failed = False
             return self.summary
         finally:
-            self.close()
             self._call("on_run_teardown", failed)
-
-    def _run_rounds(self) -> None:
-        for rnd in range(self.completed_rounds + 1, self.completed_rounds + self.rounds_to_run() + 1):
-            self.run_round(rnd)
 
     @property
     def sample_rate(self) -> float:
         """The share of base stations selected each round (the privacy accountant's sampling rate)."""
         clients = len(self.data.clients)
-        return clients_per_round(clients, self.fraction) / clients
+        return clients_per_round(clients, self.settings.fraction) / clients
 
     def rounds_to_run(self) -> int:
         """The rounds still to run: all remaining ones, or fewer where the next would take epsilon
@@ -453,6 +368,23 @@ class FederatedOrchestrator:
                 f"{self.completed_rounds + allowed}")
             log.warning(self.stop_reason)
         return allowed
+
+
+def round_client_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
+    """``train/global_loss`` (the sample-weighted mean of the base stations' training losses) and every
+    other reported key averaged the same way over the base stations that reported it."""
+    trained = [u for u in updates if math.isfinite(u.train_loss)]  # a client with no batch has no loss
+    samples = sum(u.num_samples for u in trained)
+    metrics = {"train/global_loss": sum(u.train_loss * u.num_samples for u in trained) / samples if samples else float("nan")}
+    for key in sorted({k for u in trained for k in u.train_metrics} - {"train/loss"}):
+        present = [u for u in trained if key in u.train_metrics]
+        weight = sum(u.num_samples for u in present)
+        metrics[key] = sum(u.train_metrics[key] * u.num_samples for u in present) / weight
+    return metrics
+
+
+def _cpu_local_state(state: Mapping[str, Any]) -> LocalState:
+    return {ns: {k: t.detach().to("cpu") for k, t in entries.items()} for ns, entries in state.items()}
 
 
 def _epsilon_after(privacy: ClientLevelDP, sample_rate: float, rounds: int) -> float:

@@ -235,3 +235,25 @@ def _generator(seed: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     return generator
+
+
+# Weightings that need a gradient per task (or learn parameters of their own): Opacus computes
+# per-sample gradients of one loss, so DP-SGD cannot run them.
+DPSGD_INCOMPATIBLE_WEIGHTINGS = ("uncertainty", "mgda", "pcgrad", "cagrad", "nash_mtl", "upgrad")
+
+
+def check_config(cfg: Any) -> None:
+    """``privacy``'s rules (called by :func:`fedaux.config.validate`)."""
+    mode = cfg.privacy.mode
+    if mode == "dpsgd" and cfg.model.weighting.name in DPSGD_INCOMPATIBLE_WEIGHTINGS:
+        raise ConfigError(f"privacy.mode=dpsgd with model.weighting.name={cfg.model.weighting.name!r}: Opacus computes "
+                          "per-sample gradients of one loss; use a loss weighting without parameters (random, equal, "
+                          "fixed, dwa, famo)")
+    if mode == "central" and cfg.federated.aggregation != "fedavg":
+        raise ConfigError(f"privacy.mode=central needs federated.aggregation=fedavg (got "
+                          f"{cfg.federated.aggregation!r}): the noise is calibrated to one update's weight in an average")
+    if mode in ("central", "local"):
+        p = cfg.privacy
+        if p.clip_norm <= 0 or p.noise_multiplier < 0 or not 0 < p.delta < 1:
+            raise ConfigError(f"privacy: clip_norm={p.clip_norm} must be > 0, noise_multiplier={p.noise_multiplier} >= 0, "
+                              f"delta={p.delta} in (0, 1)")

@@ -1,15 +1,19 @@
-"""Base stations' local fits in parallel worker processes, for the in-process engine.
+"""The worker-process engine: base stations' local fits in parallel worker processes.
 
-Each worker is a process with its own copy of the model, the clients' data and the fit settings
-(sent once, when it starts) and few torch threads (one by default), so ``workers`` fits run at
-once on ``workers`` cores. Per round a worker receives the payload once; per fit only the base
-station's index, seed and local state go out and its :class:`~fedaux.federated.client.ClientFit`
-comes back. The fit itself is :func:`~fedaux.federated.client.train_client`, the same Lightning
-code the sequential loop and Flower's ClientApp run.
+Each worker is a process with its own copy of the :class:`~fedaux.federated.runtime.ClientRuntime`
+and the clients' data (sent once, when it starts) and few torch threads (one by default), so
+``workers`` fits run at once on ``workers`` cores. Per round a worker receives the payload once;
+per fit only the base station's index, the round and its local state go out, and its
+:class:`~fedaux.federated.runtime.ClientFit` comes back. The fit is the same
+:meth:`~fedaux.federated.runtime.ClientRuntime.fit` the sequential engine and Flower's nodes run.
 
-Results are handed back in the order the base stations were given (the orchestrator folds them
-in base-station order), so a run's weights do not depend on which worker finished first: with
-the same torch threads per fit they equal the sequential loop's bit for bit.
+Results are handed back in the order the base stations were given (the server folds them in
+base-station order), so a run's weights do not depend on which worker finished first: with the
+same torch threads per fit they equal the sequential engine's bit for bit.
+
+Everything a worker gets is pickled. :func:`check_picklable` tries each plug-in of the runtime
+before the first round, so one that cannot cross a process boundary is named with its config
+key in one line, instead of failing inside a worker.
 
 Why not ``concurrent.futures.ProcessPoolExecutor``: one worker that dies breaks its whole pool,
 and a hung task cannot be cancelled. Here a worker that dies or does not answer within
@@ -22,71 +26,46 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import pickle
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import torch
 
 from fedaux.data.samples import SampleSet
-from fedaux.federated.client import ClientFit, TrainerOptions, train_client
-from fedaux.federated.compression import UplinkCompression
-from fedaux.federated.privacy import ClientLevelDP
-from fedaux.federated.strategies import Strategy
-from fedaux.model.module import MultiTaskModule
+from fedaux.errors import ConfigError
+from fedaux.federated.engines.base import LocalEngine, timeout_reason
+from fedaux.federated.pipeline import LocalState
+from fedaux.federated.runtime import ClientFit, ClientRuntime, to_update
+
+if TYPE_CHECKING:
+    from fedaux.federated.hooks import ClientUpdate
+    from fedaux.federated.orchestrator import FederatedOrchestrator
 
 log = logging.getLogger(__name__)
 
 # forkserver: workers fork from a server process that has already imported torch and Lightning
 # (seconds saved per worker), without forking this process's threads (W&B, torch's pools).
 START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-_PRELOAD = ["fedaux.federated.workers"]
+_PRELOAD = ["fedaux.federated.engines.workers"]
 
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 @dataclass
-class FitSettings:
-    """Everything a base station's fit needs besides its payload, seed and local state: the
-    sequential loop calls :meth:`fit` in the main process, and each worker gets one copy when it
-    starts."""
+class WorkerSetup:
+    """What every worker gets once, when it starts: the runtime, the clients' data, its threads."""
 
-    model: MultiTaskModule
+    runtime: ClientRuntime
     clients: Sequence[SampleSet]
-    local_epochs: int
-    batch_size: int
-    gradient_clip_val: float | None
-    callbacks: Sequence[L.Callback]  # copies: their state stays in the worker
-    trainer_options: TrainerOptions
-    strategy: Strategy
-    initial_state: dict[str, torch.Tensor]
-    test: SampleSet | None
-    compression: UplinkCompression | None
-    privacy: ClientLevelDP | None
-    dp_sgd: tuple[float, float, float] | None
     threads: int
 
-    def fit(self, client: int, payload: dict[str, torch.Tensor], seed: int,
-            local_state: dict[str, torch.Tensor] | None) -> ClientFit:
-        return train_client(
-            self.model, self.clients[client], payload, local_epochs=self.local_epochs, batch_size=self.batch_size,
-            seed=seed, gradient_clip_val=self.gradient_clip_val, callbacks=self.callbacks,
-            trainer_options=self.trainer_options, strategy=self.strategy, local_state=local_state,
-            initial_state=self.initial_state, test=self.test, compression=self.compression, privacy=self.privacy,
-            dp_sgd=self.dp_sgd, client=client,
-        )
+    def fit(self, client: int, payload: Mapping[str, torch.Tensor], rnd: int,
+            local_state: LocalState | None) -> ClientFit:
+        return self.runtime.fit(client, self.clients[client], payload, rnd, local_state)
 
 
 def _dumps(message: Any) -> bytes:
@@ -96,11 +75,11 @@ def _dumps(message: Any) -> bytes:
 
 
 def _worker_main(conn: Connection) -> None:
-    """A worker's loop: ``("settings", FitSettings)``, ``("payload", state)``, ``("fit", client,
-    seed, local_state)`` -> ``("done", client, ClientFit)`` or ``("failed", client, reason)``."""
+    """A worker's loop: ``("settings", WorkerSetup)``, ``("payload", state)``, ``("fit", client,
+    rnd, local_state)`` -> ``("done", client, ClientFit)`` or ``("failed", client, reason)``."""
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    settings: FitSettings | None = None
+    settings: WorkerSetup | None = None
     payload: dict[str, torch.Tensor] = {}
     while True:
         try:
@@ -114,9 +93,11 @@ def _worker_main(conn: Connection) -> None:
         elif kind == "payload":
             payload = message[1]
         elif kind == "fit":
-            _, client, seed, local_state = message
+            _, client, rnd, local_state = message
             try:
-                reply = ("done", client, settings.fit(client, payload, seed, local_state))
+                if settings is None:
+                    raise RuntimeError("a fit arrived before the worker's settings")
+                reply = ("done", client, settings.fit(client, payload, rnd, local_state))
             except Exception as err:  # reported as this base station's failure; the worker goes on
                 reply = ("failed", client, f"raised {type(err).__name__}: {err}")
             conn.send_bytes(_dumps(reply))
@@ -157,19 +138,20 @@ class ClientWorkers:
     """A pool of ``count`` worker processes running local fits, in base-station order.
 
     Args:
-        settings: the fit settings every worker gets when it starts (and a replacement worker too).
+        settings: what every worker gets when it starts (and a replacement worker too), or its
+            pickled ``("settings", setup)`` message.
         count: worker processes (at least 1).
         timeout_s: a fit with no answer after this long is abandoned, its worker killed and replaced.
     """
 
-    def __init__(self, settings: FitSettings, count: int, timeout_s: float | None = None) -> None:
+    def __init__(self, settings: WorkerSetup | bytes, count: int, timeout_s: float | None = None) -> None:
         if count < 1:
             raise ValueError(f"federated.workers={count}: give at least 1")
         self.count, self.timeout_s = count, timeout_s
         self._context = multiprocessing.get_context(START_METHOD)
         if START_METHOD == "forkserver":
             self._context.set_forkserver_preload(_PRELOAD)
-        self._settings = _dumps(("settings", settings))
+        self._settings = settings if isinstance(settings, bytes) else _dumps(("settings", settings))
         self._workers = [self._start(i) for i in range(count)]
         self._round = 0
 
@@ -187,8 +169,8 @@ class ClientWorkers:
             worker.stop()
         self._workers = []
 
-    def fit(self, clients: Sequence[int], payload: Mapping[str, torch.Tensor], seeds: Mapping[int, int],
-            local_states: Mapping[int, dict[str, torch.Tensor] | None],
+    def fit(self, clients: Sequence[int], payload: Mapping[str, torch.Tensor], rnd: int,
+            local_states: Mapping[int, LocalState | None],
             on_dispatch: Callable[[int], None] = lambda client: None) -> Iterator[tuple[int, ClientFit | str]]:
         """Fit ``clients`` from ``payload``; yield ``(client, ClientFit)``, or ``(client, reason)``
         for one that failed, in the order of ``clients``.
@@ -211,7 +193,7 @@ class ClientWorkers:
                     client = order[next_dispatch]
                     next_dispatch += 1
                     on_dispatch(client)
-                    self._send(worker, client, payload_message, seeds[client], local_states.get(client))
+                    self._send(worker, client, payload_message, rnd, local_states.get(client))
             if order[next_yield] in waiting:
                 client = order[next_yield]
                 next_yield += 1
@@ -219,14 +201,14 @@ class ClientWorkers:
             else:  # the next base station is being fitted (it was dispatched first): wait for answers
                 self._collect(waiting)
 
-    def _send(self, worker: _Worker, client: int, payload_message: bytes, seed: int,
-              local_state: dict[str, torch.Tensor] | None) -> None:
+    def _send(self, worker: _Worker, client: int, payload_message: bytes, rnd: int,
+              local_state: LocalState | None) -> None:
         worker.client, worker.started = client, time.monotonic()
         try:
             if worker.payload_version != self._round:
                 worker.conn.send_bytes(payload_message)
                 worker.payload_version = self._round
-            worker.conn.send_bytes(_dumps(("fit", client, seed, local_state)))
+            worker.conn.send_bytes(_dumps(("fit", client, rnd, local_state)))
         except OSError:  # broken pipe: the worker died between fits; _collect reports it
             pass
 
@@ -252,8 +234,7 @@ class ClientWorkers:
             elif worker.process.sentinel in ready:
                 self._replace(index, waiting, self._death_reason(worker))
             elif self.timeout_s is not None and time.monotonic() - worker.started >= self.timeout_s:
-                self._replace(index, waiting, f"no answer within federated.client_timeout_s={self.timeout_s:g} s "
-                                              f"(its worker process was stopped and replaced)")
+                self._replace(index, waiting, timeout_reason(self.timeout_s, "its worker process was stopped and replaced"))
 
     @staticmethod
     def _death_reason(worker: _Worker) -> str:
@@ -266,3 +247,86 @@ class ClientWorkers:
         worker.stop(kill=True)
         log.warning("worker %s replaced: %s", worker.process.name, reason)
         self._workers[index] = self._start(index)
+
+
+def _plugins(runtime: ClientRuntime, cfg: Any) -> Iterator[tuple[str, str, Any]]:
+    """``(config key, plug-in name, object)`` for everything a worker receives that config can plug in."""
+    model = runtime.model
+    heads = cfg.model.heads if cfg is not None else {}
+    for name, head in model.heads.items():
+        spec = heads.get(name) if heads else None
+        yield f"model.heads.{name}.cls", str(getattr(spec, "cls", None) or type(head).__qualname__), head
+        loss = getattr(model, "_losses", {}).get(name)
+        yield f"model.heads.{name}.loss", str(model.tasks[name].loss), loss
+    yield "model.trunk.cls", str(cfg.model.trunk.cls or "") if cfg is not None else "", model.trunk
+    yield "model.weighting.name", str(cfg.model.weighting.name) if cfg is not None else "", model.weighting
+    yield "federated.strategy", str(cfg.federated.strategy) if cfg is not None else "", runtime.strategy
+    for stage in runtime.pipeline.stages:
+        yield "federated.stages", type(stage).__qualname__, stage
+    for i, callback in enumerate(runtime.callbacks):
+        yield f"logging.callbacks[{i}]", type(callback).__qualname__, callback
+    yield "model", type(model).__qualname__, model
+
+
+def check_picklable(setup: WorkerSetup, cfg: Any = None) -> bytes:
+    """The pickled setup message, or a :class:`~fedaux.errors.ConfigError` naming the plug-in that
+    cannot be pickled and its config key (one line; the CLI exits 2), before any worker starts.
+
+    A plug-in crosses into worker processes by pickle: a class or function defined inside another
+    function (a closure, a lambda) cannot.
+    """
+    try:
+        return _dumps(("settings", setup))
+    except Exception as whole:  # find which plug-in it was
+        for key, name, obj in _plugins(setup.runtime, cfg):
+            try:
+                _dumps(obj)
+            except Exception as err:
+                what = f"{name!r} " if name else ""
+                raise ConfigError(
+                    f"{key}: the plug-in {what}({type(obj).__module__}.{type(obj).__qualname__}) cannot be sent to "
+                    f"a worker process: {type(err).__name__}: {str(err).splitlines()[0]}; define it at the top level "
+                    "of an importable module (not inside a function), or run with federated.workers=1"
+                ) from None
+        raise ConfigError(f"the fit settings cannot be sent to a worker process: {type(whole).__name__}: "
+                          f"{str(whole).splitlines()[0]}; run with federated.workers=1") from None
+
+
+class WorkerPoolEngine(LocalEngine):
+    """Fits in ``workers`` worker processes with ``threads`` torch threads each.
+
+    The processes start before round 1 (after the plug-ins are checked) and stop when the run
+    ends. :attr:`worker_pids` names them while they run.
+    """
+
+    def __init__(self, workers: int, threads: int = 1, timeout_s: float | None = None, cfg: Any = None) -> None:
+        if workers < 1 or threads < 1:
+            raise ValueError(f"workers={workers} and threads={threads} must be at least 1")
+        self.workers, self.threads, self.timeout_s, self.cfg = workers, threads, timeout_s, cfg
+        self._pool: ClientWorkers | None = None
+
+    def start(self, server: FederatedOrchestrator) -> None:
+        if self._pool is None:
+            setup = WorkerSetup(server.runtime, server.data.clients, self.threads)
+            message = check_picklable(setup, self.cfg)
+            self._pool = ClientWorkers(message, self.workers, self.timeout_s)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The running worker processes' ids (none before :meth:`start` or after :meth:`close`)."""
+        return self._pool.pids if self._pool is not None else []
+
+    def fits(self, server: FederatedOrchestrator, rnd: int,
+             clients: list[int]) -> Iterator[tuple[int, ClientUpdate | str]]:
+        self.start(server)
+        assert self._pool is not None
+        states = {c: server.client_states.get(c) for c in clients}
+        edges = server.data.partition.edge_of_client
+        for client, outcome in self._pool.fit(clients, server.payload, rnd, states,
+                                              on_dispatch=lambda c: server.client_started(rnd, c)):
+            yield client, outcome if isinstance(outcome, str) else to_update(outcome, edges)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None

@@ -1,15 +1,20 @@
 """The Flower engine: the same experiment on Flower's ClientApp / ServerApp (Message API).
 
-* Each base station is a Flower SuperNode running :data:`client_app`. It trains with the same
-  Lightning code as the in-process engine (:func:`fedaux.federated.client.train_client`), on its
-  partition (simulation: ``partition-id`` from Flower) or on its own local flows (deployment:
-  ``data-root`` in its node config).
-* The server is a :class:`TwoTierFedAvgStrategy`, a Flower ``Strategy`` that hands every reply to
-  the fedaux orchestrator: two-tier FedAvg by parameter name, evaluation of the global model on the
-  held-out flows, and the same round hooks, so bytes, time, W&B and metrics files work unchanged.
+* Each base station is a Flower SuperNode running :data:`client_app`. It builds the same
+  :class:`~fedaux.federated.runtime.ClientRuntime` as every other engine from the config each
+  training message carries, and fits on its partition (simulation: ``partition-id`` from
+  Flower) or on its own local flows (deployment: ``data-root`` in its node config). The run's
+  Lightning callbacks (``logging.callbacks``) run in every fit, as in process.
+* What a base station keeps between rounds (personal heads, control variates, error-feedback
+  residuals, the DP-SGD accountant) stays on its node, in a :class:`NodeStateStore` under the
+  node's own folder (``state-dir`` in its node config; in simulation a folder per base station
+  under the run folder). A resumed run reads it back, so it continues exactly.
+* The server is a :class:`FedauxServerStrategy`, a Flower ``Strategy`` that drives the fedaux
+  server (:class:`~fedaux.federated.orchestrator.FederatedOrchestrator`) through the same round
+  API as every engine: selection, the update pipeline's edge and top stages, the federated
+  strategy's server step, evaluation and the round hooks.
 
-State travels as an ``ArrayRecord`` built from the state dict (by name, never by position). The
-experiment config travels with every training message, so a deployed SuperNode needs only its data.
+State travels as an ``ArrayRecord`` built from the state dict (by name, never by position).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import os
 from collections.abc import Iterable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,11 +34,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
-from fedaux.federated.client import TrainerOptions, derived_seed, train_client
-from fedaux.federated.engines import Engine
-from fedaux.federated.hooks import ClientUpdate, KeepsTotals, RoundCallback
+from fedaux.federated.engines.base import Engine, timeout_reason
+from fedaux.federated.hooks import KeepsTotals, RoundCallback
 from fedaux.federated.orchestrator import FederatedOrchestrator
-from fedaux.federated.privacy import dp_sgd_settings
+from fedaux.federated.pipeline import LocalState
+from fedaux.federated.runtime import ClientFit, flatten_local_state, to_update, unflatten_local_state
+from fedaux.schema import config_from_text
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +66,59 @@ def from_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
 
 
+# ---------------------------------------------------------------------------------------- node state
+class NodeStateStore:
+    """A base station's local state on its node's disk: one file per round it took part in.
+
+    :meth:`load_before` reads the newest file of an earlier round, so a round that is rerun after
+    an interruption (the node saved it, the server never completed it) starts from the state the
+    uninterrupted run started from. The two newest files are kept.
+
+    Args:
+        folder: the node's own folder (created when first written).
+    """
+
+    KEEP = 2
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def _files(self) -> list[tuple[int, Path]]:
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for path in self.folder.glob("local-state-r*.pt"):
+            digits = path.stem.removeprefix("local-state-r")
+            if digits.isdigit():
+                found.append((int(digits), path))
+        return sorted(found)
+
+    def load_before(self, rnd: int) -> LocalState:
+        """The local state saved by the newest round before ``rnd`` (empty if none)."""
+        earlier = [path for r, path in self._files() if r < rnd]
+        if not earlier:
+            return {}
+        return unflatten_local_state(torch.load(earlier[-1], weights_only=True))
+
+    def save(self, rnd: int, state: LocalState) -> None:
+        """Write round ``rnd``'s state (atomically: a killed node leaves the previous file whole)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"local-state-r{rnd:06d}.pt"
+        partial = path.with_suffix(".partial")
+        torch.save(flatten_local_state(state), partial)
+        os.replace(partial, path)
+        for _, old in self._files()[:-self.KEEP]:
+            old.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------------------------- client side
 @lru_cache(maxsize=2)
 def _experiment(yaml_text: str) -> DictConfig:
-    from fedaux.config import load_config_text
-
-    return load_config_text(yaml_text)
+    return config_from_text(yaml_text)
 
 
 @lru_cache(maxsize=2)
-def _simulated_data(yaml_text: str):
+def _simulated_data(yaml_text: str) -> Any:
     """The whole federation's data, built once per worker process (simulation only)."""
     from fedaux.data.samples import build_federated_data
 
@@ -78,7 +128,7 @@ def _simulated_data(yaml_text: str):
 
 
 @lru_cache(maxsize=4)
-def _local_samples(yaml_text: str, data_root: str, client: int, class_names: tuple[str, ...]):
+def _local_samples(yaml_text: str, data_root: str, client: int, class_names: tuple[str, ...]) -> Any:
     from fedaux.data.samples import local_client_samples
 
     cfg = _experiment(yaml_text)
@@ -88,26 +138,21 @@ def _local_samples(yaml_text: str, data_root: str, client: int, class_names: tup
 
 
 @lru_cache(maxsize=2)
-def _model(yaml_text: str, target_classes_json: str):
-    """The model, its seeded initial state (equal to the server's: same code, same seed) and the strategy."""
-    from fedaux.federated.client import cpu_state
+def _runtime(yaml_text: str, target_classes_json: str, simulated: bool) -> Any:
+    """The node's runtime, built from the config like every engine's, with the run's Lightning
+    callbacks (``logging.callbacks``); plus the downlink decoder."""
     from fedaux.federated.compression import Compression
-    from fedaux.federated.privacy import ClientLevelDP
-    from fedaux.federated.strategies import build_strategy
-    from fedaux.model import build_model
+    from fedaux.federated.hooks import lightning_callbacks_from_config
+    from fedaux.federated.runtime import ClientRuntime
 
     cfg = _experiment(yaml_text)
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, json.loads(target_classes_json), cfg.data.packets, len(cfg.data.features))
-    return (model, cpu_state(model), build_strategy(cfg.federated, model), Compression.from_config(cfg.federated.compression, model),
-            ClientLevelDP.from_config(cfg.privacy))
+    test = _simulated_data(yaml_text).test if simulated else None
+    runtime = ClientRuntime.from_config(cfg, json.loads(target_classes_json), test=test,
+                                        callbacks=lightning_callbacks_from_config(cfg))
+    return runtime, Compression.from_config(cfg.federated.compression, runtime.model)
 
 
-LOCAL_STATE = "fedaux-local"  # the node's Context.state record holding what its base station keeps
-
-
-def _client_identity(context: Context, config: ConfigRecord) -> tuple[int, str | None]:
+def _client_identity(context: Context) -> tuple[int, str | None]:
     """(base station index, local data root or None). Simulation numbers nodes by ``partition-id``;
     a deployed SuperNode states ``base-station`` and ``data-root`` in its ``--node-config``."""
     node = context.node_config
@@ -116,13 +161,26 @@ def _client_identity(context: Context, config: ConfigRecord) -> tuple[int, str |
     return int(node["partition-id"]), None
 
 
-def _samples_for(context: Context, config: ConfigRecord):
+def _samples_for(context: Context, config: ConfigRecord) -> tuple[int, Any]:
     yaml_text = str(config["experiment"])
-    client, data_root = _client_identity(context, config)
+    client, data_root = _client_identity(context)
     if data_root is None:
         return client, _simulated_data(yaml_text).clients[client]
     classes = tuple(json.loads(str(config["class-names"])))
     return client, _local_samples(yaml_text, data_root, client, classes)
+
+
+LOCAL_STATE = "fedaux-local"  # Context.state record of a node with no folder of its own (not resumable)
+
+
+def node_state_store(context: Context, config: ConfigRecord, client: int) -> NodeStateStore | None:
+    """Where this node keeps its base station's local state: ``state-dir`` from its node config, or
+    (simulation) ``<state-root>/base_station-<k>`` from the server; None: only in ``Context.state``."""
+    node = context.node_config
+    if "state-dir" in node:
+        return NodeStateStore(str(node["state-dir"]))
+    root = str(config.get("state-root", ""))
+    return NodeStateStore(Path(root) / f"base_station-{client}") if root else None
 
 
 client_app = ClientApp()
@@ -138,33 +196,37 @@ def identify(msg: Message, context: Context) -> Message:
 
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local training: load the global arrays, fit with Lightning, send the new state back."""
+    """Local training: the runtime's fit from the global arrays, the upload sent back, the local state kept."""
     config = msg.content[CONFIG]
     yaml_text = str(config["experiment"])
-    cfg = _experiment(yaml_text)
     if int(config.get("torch-threads", 0)) > 0:
         torch.set_num_threads(int(config["torch-threads"]))
     client, samples = _samples_for(context, config)
-    model, initial_state, strategy, compression, privacy = _model(yaml_text, str(config["target-classes"]))
+    simulated = _client_identity(context)[1] is None
+    runtime, compression = _runtime(yaml_text, str(config["target-classes"]), simulated)
     rnd = int(config["server-round"])
-    fed = cfg.federated
-    # What this base station kept from its previous rounds (personal heads, control variates).
-    local_state = from_record(context.state[LOCAL_STATE]) if LOCAL_STATE in context.state else {}
-    test = _simulated_data(yaml_text).test if _client_identity(context, config)[1] is None else None
-    fit = train_client(
-        model, samples, compression.receive_down(from_record(msg.content[ARRAYS])), local_epochs=fed.local_epochs,
-        batch_size=fed.batch_size,
-        seed=derived_seed(cfg.seed, rnd, client), gradient_clip_val=fed.gradient_clip_val,
-        trainer_options=TrainerOptions.from_config(cfg.trainer), strategy=strategy, local_state=local_state,
-        initial_state=initial_state, test=test, compression=compression.uplink,
-        privacy=privacy if privacy is not None and privacy.mode == "local" else None,
-        dp_sgd=dp_sgd_settings(cfg.privacy), client=client,
-    )
-    if fit.local_state:
-        context.state[LOCAL_STATE] = to_record(fit.local_state)
-    metrics = MetricRecord({"client": client, "num-examples": len(samples), "fit_seconds": fit.seconds,
-                             "loop_seconds": fit.loop_seconds, **fit.metrics})
+    store = node_state_store(context, config, client)
+    if store is not None:
+        local_state = store.load_before(rnd)
+    else:
+        local_state = unflatten_local_state(from_record(context.state[LOCAL_STATE])) if LOCAL_STATE in context.state else {}
+    fit = runtime.fit(client, samples, compression.receive_down(from_record(msg.content[ARRAYS])), rnd, local_state)
+    if store is not None:
+        store.save(rnd, fit.local_state)
+    elif fit.local_state:
+        context.state[LOCAL_STATE] = to_record(flatten_local_state(fit.local_state))
+    metrics = MetricRecord({"client": client, "num-examples": fit.num_samples, "fit_seconds": fit.seconds,
+                            "loop_seconds": fit.loop_seconds, **fit.metrics})
     return Message(content=RecordDict({ARRAYS: to_record(fit.upload), METRICS: metrics}), reply_to=msg)
+
+
+def fit_from_reply(content: RecordDict) -> ClientFit:
+    """The :class:`ClientFit` a node's reply carries (its local state stayed on the node)."""
+    metrics = dict(content[METRICS])
+    client, samples = int(metrics.pop("client")), int(metrics.pop("num-examples"))
+    seconds, loop = float(metrics.pop("fit_seconds")), float(metrics.pop("loop_seconds", 0.0))
+    return ClientFit(client, from_record(content[ARRAYS]), {}, samples, {k: float(v) for k, v in metrics.items()},
+                     seconds, loop)
 
 
 # ---------------------------------------------------------------------------------------- server side
@@ -184,35 +246,38 @@ class FlowerTraffic(KeepsTotals, RoundCallback):
         self.down = self.up = 0
 
 
-class TwoTierFedAvgStrategy(Strategy):
-    """A Flower strategy that delegates selection, two-tier aggregation and evaluation to fedaux.
+class FedauxServerStrategy(Strategy):
+    """A Flower strategy that drives the fedaux server: selection, the update pipeline's edge and
+    top stages, the federated strategy's server step (any of them), evaluation and the hooks.
 
     Args:
-        orchestrator: owns the global state, the partition's edge servers, the evaluator and the
-            round hooks. Client selection uses the same seeded draw as the in-process engine.
+        orchestrator: the fedaux server. Client selection uses the same seeded draw as every engine.
         experiment_yaml: the resolved experiment config sent to every base station.
         traffic: counts what Flower sends; it must also be among the orchestrator's callbacks.
+        state_root: simulation only: the folder under which each node keeps its local state.
         first_round: the fedaux round of Flower's round 1 (``completed_rounds + 1`` when resuming):
             fedaux numbers rounds ``first_round - 1 + server_round`` in its records, seeds and hooks.
     """
 
     def __init__(self, orchestrator: FederatedOrchestrator, experiment_yaml: str, traffic: FlowerTraffic,
-                 torch_threads: int = 0, first_round: int = 1) -> None:
+                 torch_threads: int = 0, first_round: int = 1, state_root: str = "", timeout_s: float = 3600) -> None:
         self.orchestrator = orchestrator
         self.traffic = traffic
         self.round_offset = first_round - 1
+        self.timeout_s = timeout_s
         data = orchestrator.data
         self.base_config = {
             "experiment": experiment_yaml,
             "target-classes": json.dumps({n: t.num_classes for n, t in data.targets.items()}),
             "class-names": json.dumps(list(data.flows.class_names)),
             "torch-threads": torch_threads,
+            "state-root": state_root,
         }
         self.node_of_client: dict[int, int] = {}
         self._selected: list[int] = []
 
     def summary(self) -> None:
-        log.info("TwoTierFedAvgStrategy: %d base stations under %d edge servers", len(self.orchestrator.data.clients),
+        log.info("FedauxServerStrategy: %d base stations under %d edge servers", len(self.orchestrator.data.clients),
                  int(self.orchestrator.data.partition.edge_of_client.max()) + 1)
 
     def _identify_nodes(self, grid: Grid) -> None:
@@ -239,6 +304,8 @@ class TwoTierFedAvgStrategy(Strategy):
         arrays = to_record(self.orchestrator.downlink_wire)
         record = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({**self.base_config, "server-round": rnd})})
         self.traffic.down = flower_nbytes(record) * len(clients)
+        for client in clients:
+            self.orchestrator.client_started(rnd, client)
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.node_of_client[c])
                 for c in clients]
 
@@ -253,15 +320,9 @@ class TwoTierFedAvgStrategy(Strategy):
                 self.orchestrator.drop(rnd, client, f"failed on its node: {reply.error.reason}")
                 continue
             self.traffic.up += flower_nbytes(reply.content)
-            metrics = reply.content[METRICS]
-            updates.append(ClientUpdate(
-                client=client, edge=int(self.orchestrator.data.partition.edge_of_client[client]),
-                state=from_record(reply.content[ARRAYS]), num_samples=int(metrics["num-examples"]),
-                train_metrics={k: float(v) for k, v in metrics.items() if k.startswith(("train/", "personal/", "privacy/"))},
-                fit_seconds=float(metrics["fit_seconds"]), loop_seconds=float(metrics.get("loop_seconds", 0.0)),
-            ))
+            updates.append(to_update(fit_from_reply(reply.content), self.orchestrator.data.partition.edge_of_client))
         for client in sorted(set(self._selected) - answered):
-            self.orchestrator.drop(rnd, client, "no reply within the round's timeout")
+            self.orchestrator.drop(rnd, client, timeout_reason(self.timeout_s, "no reply to Flower"))
         # Replies arrive in any order; fold them in base-station order so both engines sum alike.
         for update in sorted(updates, key=lambda u: u.client):
             self.orchestrator.receive(rnd, update)
@@ -277,7 +338,7 @@ class TwoTierFedAvgStrategy(Strategy):
 
 
 def flower_driver(grid: Grid, experiment_yaml: str, traffic: FlowerTraffic, torch_threads: int = 0,
-                  timeout_s: float = 3600):
+                  timeout_s: float = 3600, state_root: str = "") -> Any:
     """A ``drive`` for :meth:`FederatedOrchestrator.run` that lets a Flower strategy run the rounds
     the orchestrator has not completed yet (all of them, or the rest of a resumed run)."""
 
@@ -287,8 +348,9 @@ def flower_driver(grid: Grid, experiment_yaml: str, traffic: FlowerTraffic, torc
         remaining = orchestrator.rounds_to_run()  # fewer than left when the privacy budget ends the run
         if remaining <= 0:
             return
-        strategy = TwoTierFedAvgStrategy(orchestrator, experiment_yaml, traffic, torch_threads,
-                                         first_round=orchestrator.completed_rounds + 1)
+        strategy = FedauxServerStrategy(orchestrator, experiment_yaml, traffic, torch_threads,
+                                        first_round=orchestrator.completed_rounds + 1, state_root=state_root,
+                                        timeout_s=timeout_s)
         strategy.start(grid, to_record(orchestrator.global_state), num_rounds=remaining, timeout=timeout_s)
 
     return drive
@@ -298,8 +360,8 @@ class FlowerEngine(Engine):
     """The experiment on Flower: on a deployment's ``grid`` (inside a ServerApp), or, with no grid,
     on Flower's simulation engine (Ray) on this machine with one SuperNode per base station."""
 
-    def __init__(self, cfg: DictConfig, grid: Grid | None = None) -> None:
-        self.cfg, self.grid = cfg, grid
+    def __init__(self, cfg: DictConfig, grid: Grid | None = None, run_dir: str | Path | None = None) -> None:
+        self.cfg, self.grid, self.run_dir = cfg, grid, run_dir
         self.traffic = FlowerTraffic()
         self.experiment_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         flower = cfg.federated.flower
@@ -308,9 +370,11 @@ class FlowerEngine(Engine):
     def callbacks(self) -> list[RoundCallback]:
         return [self.traffic]
 
-    def driver(self, grid: Grid):
+    def driver(self, grid: Grid) -> Any:
+        # Simulated nodes share this machine: each keeps its state in a folder of the run's.
+        root = str(Path(self.run_dir) / "nodes") if self.grid is None and self.run_dir is not None else ""
         return flower_driver(grid, self.experiment_yaml, self.traffic, self.cfg.federated.flower.torch_threads,
-                             self.timeout_s)
+                             self.timeout_s, root)
 
     def run(self, orchestrator: FederatedOrchestrator) -> dict[str, Any]:
         if self.grid is not None:

@@ -1,0 +1,79 @@
+"""What every engine shares: the interface, the round loop of the engines that fit on this
+machine, and the one wording of a timed-out base station.
+
+An engine decides only where and when base stations' fits run. What a fit is
+(:class:`~fedaux.federated.runtime.ClientRuntime`) and what the server does with an update
+(:class:`~fedaux.federated.orchestrator.FederatedOrchestrator`) are the same for every engine:
+each one calls the server's ``start_round`` -> ``client_started`` -> ``receive`` / ``drop`` ->
+``finish_round`` in that order, for every round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedaux.federated.hooks import ClientUpdate, RoundCallback
+    from fedaux.federated.orchestrator import FederatedOrchestrator
+
+
+def timeout_reason(timeout_s: float, detail: str = "") -> str:
+    """Why a base station was dropped for not answering in time (every engine words it so)."""
+    return f"no answer within federated.client_timeout_s={timeout_s:g} s" + (f" ({detail})" if detail else "")
+
+
+class Engine:
+    """Base class: drives a server's rounds and returns the run summary.
+
+    Attributes:
+        run_dir: the run folder (set by :func:`fedaux.train.run`); engines that keep files per
+            base station (Flower's simulated nodes) put them under it.
+    """
+
+    run_dir: Path | None = None
+
+    def callbacks(self) -> list[RoundCallback]:
+        """Round callbacks this engine needs among the server's (e.g. its own byte counter); they
+        exist before a checkpoint is restored, so their state resumes too."""
+        return []
+
+    def run(self, server: FederatedOrchestrator) -> dict[str, Any]:
+        """Every round the server has left; the summary. :meth:`close` runs even if a round raises."""
+        try:
+            self.start(server)
+            return server.run(self.drive)
+        finally:
+            self.close()
+
+    def start(self, server: FederatedOrchestrator) -> None:
+        """Prepare before round 1 (start processes, check what they will be sent)."""
+
+    def drive(self, server: FederatedOrchestrator) -> None:
+        """Call the server's round API for each round it has left."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what :meth:`start` took."""
+
+
+class LocalEngine(Engine):
+    """Engines whose fits run on this machine: one round loop, fits from :meth:`fits`."""
+
+    def drive(self, server: FederatedOrchestrator) -> None:
+        first = server.completed_rounds + 1
+        for rnd in range(first, first + server.rounds_to_run()):
+            clients = server.start_round(rnd)
+            for client, outcome in self.fits(server, rnd, clients):
+                if isinstance(outcome, str):
+                    server.drop(rnd, client, outcome)
+                else:
+                    server.receive(rnd, outcome)
+            server.finish_round(rnd)
+
+    def fits(self, server: FederatedOrchestrator, rnd: int,
+             clients: list[int]) -> Iterator[tuple[int, ClientUpdate | str]]:
+        """``(client, update)``, or ``(client, reason)`` for one that failed, in the order of ``clients``;
+        calls ``server.client_started`` as each fit is handed out."""
+        raise NotImplementedError
