@@ -37,15 +37,16 @@ from fedaux.config import load_config
 from fedaux.data.datamodule import batch_loader
 from fedaux.data.samples import build_federated_data
 from fedaux.federated.aggregation import cpu_state, two_tier_fedavg
-from fedaux.federated.client import derived_seed
-from fedaux.federated.orchestrator import select_clients
-from fedaux.federated.workers import _PRELOAD, available_cores
+from fedaux.federated.engines import available_cores
+from fedaux.federated.engines.workers import _PRELOAD
+from fedaux.federated.seeds import fit_seed
+from fedaux.federated.selection import select_clients
 from fedaux.train import build_orchestrator, run
 
 
 # ------------------------------------------------------------------------------- the plain loop
 def plain_fit(model, samples, state, seed: int, epochs: int, batch_size: int, clip: float | None) -> dict:
-    """One base station's local fit with no framework: what train_client computes for FedAvg."""
+    """One base station's local fit with no framework: what ClientRuntime.fit computes for FedAvg."""
     model.load_state_dict(state)
     model.train()
     torch.manual_seed(seed)
@@ -79,10 +80,10 @@ def plain_fedavg(orchestrator, rounds: int) -> tuple[float, dict]:
     start = time.perf_counter()
     for rnd in range(1, rounds + 1):
         states, samples = {}, {}
-        for client in select_clients(orchestrator.seed, rnd, len(data.clients), orchestrator.fraction):
-            states[client] = plain_fit(model, data.clients[client], state, derived_seed(orchestrator.seed, rnd, client),
-                                       orchestrator.local_epochs, orchestrator.batch_size,
-                                       orchestrator.gradient_clip_val)
+        options = orchestrator.runtime.options
+        for client in select_clients(orchestrator.seed, rnd, len(data.clients), orchestrator.settings.fraction):
+            states[client] = plain_fit(model, data.clients[client], state, fit_seed(orchestrator.seed, rnd, client),
+                                       options.local_epochs, options.batch_size, options.gradient_clip_val)
             samples[client] = len(data.clients[client])
         state = two_tier_fedavg(states, samples, data.partition.edge_of_client).global_state
         model.load_state_dict(state)
@@ -135,7 +136,7 @@ def hardware_bound(cfg, overrides: list[str], rounds: int, processes: int) -> li
         for rnd in range(1, rounds + 1):
             clients = select_clients(cfg.seed, rnd, len(data.clients), cfg.federated.fraction)
             shares = balanced_shares({c: len(data.clients[c]) for c in clients}, processes)
-            jobs = [(state, [(c, derived_seed(cfg.seed, rnd, c)) for c in share]) for share in shares]
+            jobs = [(state, [(c, fit_seed(cfg.seed, rnd, c)) for c in share]) for share in shares]
             results = pool.map(_bound_fit, jobs)
             states = {c: s for part, _ in results for c, s in part.items()}
             state = two_tier_fedavg(states, {c: len(data.clients[c]) for c in states},
@@ -192,7 +193,7 @@ def main() -> None:
     orchestrator = build_orchestrator(one, data)
     start = time.perf_counter()
     for rnd in range(1, 4):
-        orchestrator.run_round(rnd)
+        orchestrator.engine.run_round(orchestrator, rnd)
     lightning_s = (time.perf_counter() - start) / 3
     max_diff = max((plain_state[k] - orchestrator.global_state[k]).abs().max().item() for k in plain_state)
     print(f"one process, one thread, 3 rounds: plain {plain_s:.3f} s/round, orchestrator {lightning_s:.3f} s/round, "

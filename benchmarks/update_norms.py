@@ -15,7 +15,6 @@ import warnings
 import torch
 
 from fedaux.config import load_config
-from fedaux.federated.client import derived_seed, train_client
 from fedaux.federated.compression import running_statistics
 from fedaux.train import build_orchestrator
 
@@ -33,9 +32,7 @@ def main() -> None:
     payload = dict(orchestrator.global_state)
     print(f"{'base station':>12} {'weights':>8} {'statistics':>10} {'whole':>8}")
     for client in range(min(args.clients, len(orchestrator.data.clients))):
-        upload = train_client(orchestrator.model, orchestrator.data.clients[client], payload, cfg.federated.local_epochs,
-                              cfg.federated.batch_size, seed=derived_seed(cfg.seed, 1, client),
-                              gradient_clip_val=cfg.federated.gradient_clip_val).upload
+        upload = orchestrator.runtime.fit(client, orchestrator.data.clients[client], payload, rnd=1).upload
         delta = {k: (upload[k] - payload[k]).flatten() for k in payload if payload[k].is_floating_point()}
         weights = [k for k in delta if k not in statistics]
         stats = [k for k in delta if k in statistics]

@@ -9,9 +9,7 @@ how a baseline drops the auxiliary heads of the file it extends.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedaux.errors import ConfigError
+from fedaux.plugins import import_plugins, resolve_plugin_paths
 from fedaux.schema import (  # noqa: F401  (the schema's classes, re-exported for callers of this module)
     CaptureConfig,
     CompressionConfig,
@@ -189,6 +188,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{source}: a value does not fit the config schema ({err})") from None
     heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
     cfg.model.heads = heads
+    cfg.plugins = resolve_plugin_paths(list(cfg.plugins))  # absolute: worker processes and nodes import them too
     apply_implied(cfg)
     import_plugins(list(cfg.plugins))
     validate(cfg)
@@ -255,46 +255,6 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"model.heads.{name}.loss={head.loss!r} is not valid; choose one of {LOSSES.names()}")
         if head.kind not in ("classification", "regression"):
             raise ConfigError(f"model.heads.{name}.kind={head.kind!r} is not valid; choose 'classification' or 'regression'")
-
-
-def import_plugins(specs: list[str] | tuple[str, ...], key: str = "plugins") -> None:
-    """Import each plug-in module (``package.module`` or a path to a ``.py`` file) once.
-
-    A file is imported as a module named after it, with its folder put on ``sys.path`` so that
-    worker processes and pickled objects find it again by name.
-
-    Raises:
-        ConfigError: naming the entry and why it cannot be imported.
-    """
-    for i, spec in enumerate(specs):
-        entry = f"{key}[{i}]={spec!r}"
-        if spec.endswith(".py") or "/" in spec:
-            path = Path(spec).expanduser().resolve()
-            if not path.is_file():
-                raise ConfigError(f"{entry}: no such file")
-            folder, name = str(path.parent), path.stem
-            if folder not in sys.path:
-                sys.path.insert(0, folder)
-            loaded = sys.modules.get(name)
-            if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path:
-                continue
-            if loaded is not None:
-                raise ConfigError(f"{entry}: a module named {name!r} is already imported from elsewhere; rename the file")
-            spec_obj = importlib.util.spec_from_file_location(name, path)
-            if spec_obj is None or spec_obj.loader is None:
-                raise ConfigError(f"{entry}: not an importable Python file")
-            module = importlib.util.module_from_spec(spec_obj)
-            sys.modules[name] = module
-            try:
-                spec_obj.loader.exec_module(module)
-            except Exception:
-                sys.modules.pop(name, None)
-                raise
-        else:
-            try:
-                importlib.import_module(spec)
-            except ImportError as err:
-                raise ConfigError(f"{entry}: cannot import it ({err})") from None
 
 
 def config_keys() -> list[str]:

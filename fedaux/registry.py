@@ -21,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -104,6 +106,18 @@ def import_by_path(spec: str, key: str) -> Any:
         raise ConfigError(f"{key}={spec!r} is not an import path of the form 'package.module:attribute'")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        # A user's module beside their config, run through a console script (whose sys.path lacks
+        # the current folder): look there too, as `python -m` would.
+        here = os.getcwd()
+        if err.name != module_name.partition(".")[0] or here in sys.path:
+            raise ConfigError(f"{key}={spec!r}: cannot import module {module_name!r} ({err})") from None
+        sys.path.append(here)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as again:
+            sys.path.remove(here)
+            raise ConfigError(f"{key}={spec!r}: cannot import module {module_name!r} ({again})") from None
     except ImportError as err:
         raise ConfigError(f"{key}={spec!r}: cannot import module {module_name!r} ({err})") from None
     if not hasattr(module, attr):

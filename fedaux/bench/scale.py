@@ -56,7 +56,7 @@ def scale_point(config: Path, base_stations: int, rounds: int, overrides: list[s
     return {
         "rss_before_rounds_mb": rss_before_rounds,
         "rss_after_each_round_mb": memory.rss,
-        "workers": orchestrator.workers,
+        "workers": getattr(orchestrator.engine, "workers", 1),
         "worker_rss_after_each_round_mb": memory.worker_rss,
         "rss_after_rounds_mb": _current_rss_mb(),
         "base_stations": base_stations,
@@ -81,7 +81,7 @@ class RoundMemory(RoundCallback):
         import psutil
 
         self.rss.append(_current_rss_mb())
-        self.worker_rss.append(sum(psutil.Process(pid).memory_info().rss for pid in orchestrator.worker_pids) / 2**20)
+        self.worker_rss.append(sum(psutil.Process(pid).memory_info().rss for pid in getattr(orchestrator.engine, "worker_pids", [])) / 2**20)
 
 
 def _current_rss_mb() -> float:

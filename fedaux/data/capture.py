@@ -33,8 +33,8 @@ import numpy as np
 
 from fedaux.data.flow_filter import FlowKey, compile_filter
 from fedaux.data.flows import PACKET_LENGTHS, FlowCollection
+from fedaux.data.formats import FLOW_READERS, FlowReader
 from fedaux.data.reader import FlowFormatError, _natural_key
-from fedaux.data.sources import FLOW_READERS, FlowReader
 from fedaux.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -318,6 +318,7 @@ FLOW_READERS.register("capture")(FlowReader(
     read=lambda path, data_cfg: read_captures(
         path, idle_timeout_s=data_cfg.capture.idle_timeout_s, flow_filter=data_cfg.capture.filter,
         length=data_cfg.capture.length, on_bad_flow=data_cfg.on_bad_flow),
+    priority=20,
 ))
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from fedaux.data.flows import FlowCollection
+from fedaux.data.formats import FLOW_READERS, FlowReader
 from fedaux.data.reader import FlowFormatError, ParsedFlow
-from fedaux.data.sources import FLOW_READERS, FlowReader
 
 LABELS_FILE = "labels.json"
 _SNIFF_BYTES = 4096
@@ -151,4 +151,5 @@ FLOW_READERS.register("certta_json")(FlowReader(
     "CertTA JSON flows: a .json list of {timestamp, direction_length, label} objects, or a folder of them",
     detect=looks_like_certta,
     read=lambda path, data_cfg: read_certta(path, data_cfg.on_bad_flow),
+    priority=30,
 ))

@@ -8,37 +8,17 @@ format is one module that registers a :class:`FlowReader`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedaux.data import capture, certta  # noqa: F401  (they register "capture" and "certta_json")
 from fedaux.data.flows import FlowCollection, embedded_path
+from fedaux.data.formats import FLOW_READERS, FlowReader, readers_by_priority
 from fedaux.data.reader import read_raw_folder
 from fedaux.errors import DataError
-from fedaux.registry import Registry
 
 AUTO = "auto"
 ZIP_MAGIC = b"PK\x03\x04"  # an .npz store is a zip archive
-
-
-@dataclass(frozen=True)
-class FlowReader:
-    """How to recognise and read one source format.
-
-    Attributes:
-        description: the format in words, for messages and ``fedaux-data info``.
-        detect: ``path -> bool``, from the content; must be cheap and never raise.
-        read: ``(path, data_cfg) -> (flows, messages of bad flows skipped)``; ``data_cfg`` is the
-            ``data`` config section (``on_bad_flow``, ``capture.*``, ...).
-    """
-
-    description: str
-    detect: Callable[[Path], bool]
-    read: Callable[[Path, Any], tuple[FlowCollection, list[str]]]
-
-
-FLOW_READERS: Registry[FlowReader] = Registry("flow source format", "data.format")
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:
@@ -58,19 +38,19 @@ def _read_text_folder(path: Path, data_cfg: Any) -> tuple[FlowCollection, list[s
     return flows, list(report.skipped)
 
 
-# Detection asks the readers in this order: binary formats first, the loosest layout (any folder
-# of *.txt files) last. Captures and CertTA JSON register themselves in their own modules.
+# Detection order (priority): binary formats first, the loosest layout (any folder of *.txt files)
+# last. Captures (20) and CertTA JSON (30) register themselves in their own modules.
 FLOW_READERS.register("store")(FlowReader(
     "a fedaux flow store (.npz written by 'fedaux-data build')",
     detect=lambda path: path.is_file() and _starts_with(path, ZIP_MAGIC),
     read=_read_store,
+    priority=10,
 ))
-from fedaux.data import capture, certta  # noqa: E402, F401  (registers "capture", "certta_json")
-
 FLOW_READERS.register("ucdavis_text")(FlowReader(
     "a folder with one sub-folder per class of UC Davis QUIC text flows (*.txt)",
     detect=lambda path: path.is_dir() and any(path.glob("*/*.txt")),
     read=_read_text_folder,
+    priority=90,
 ))
 
 
@@ -101,7 +81,7 @@ def detect_format(path: Path) -> str:
     if not path.exists():
         raise DataError(f"{path}: raw data folder not found (nothing at this path); a flow source is a folder or "
                         f"file in one of the formats {FLOW_READERS.names()}")
-    for name, reader in FLOW_READERS.items():
+    for name, reader in readers_by_priority():
         if reader.detect(path):
             return name
     known = "; ".join(f"{name}: {reader.description}" for name, reader in FLOW_READERS.items())
@@ -135,7 +115,7 @@ def load_flows(root: str | Path | None, data_cfg: Any = None) -> tuple[FlowColle
     if data_cfg is None:
         from omegaconf import OmegaConf
 
-        from fedaux.config import DataConfig
+        from fedaux.schema import DataConfig
 
         data_cfg = OmegaConf.structured(DataConfig)
     path = Path(root)

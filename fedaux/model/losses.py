@@ -34,13 +34,27 @@ def masked_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Te
     return F.cross_entropy(output, target, ignore_index=IGNORE_INDEX, reduction="sum") / labelled
 
 
-def _regression(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> TaskLoss:
-    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return loss_fn(output.squeeze(-1), target.to(output.dtype))
+class RegressionLoss:
+    """A regression head's loss: ``fn(output.squeeze(-1), target)`` with the target cast to the output's dtype.
 
-    return loss
+    A class at module level, not a closure, so a model holding it pickles into worker processes
+    and Flower nodes (``fn`` is a module-level function, pickled by reference).
+
+    Example:
+        >>> float(RegressionLoss(F.mse_loss)(torch.tensor([[1.0], [3.0]]), torch.tensor([0, 3])))
+        0.5
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.fn = fn
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.fn(output.squeeze(-1), target.to(output.dtype))
+
+    def __repr__(self) -> str:
+        return f"RegressionLoss({self.fn.__name__})"
 
 
-LOSSES.register("mse")(_regression(F.mse_loss))
-LOSSES.register("l1")(_regression(F.l1_loss))
-LOSSES.register("smooth_l1")(_regression(F.smooth_l1_loss))
+LOSSES.register("mse")(RegressionLoss(F.mse_loss))
+LOSSES.register("l1")(RegressionLoss(F.l1_loss))
+LOSSES.register("smooth_l1")(RegressionLoss(F.smooth_l1_loss))

@@ -64,13 +64,19 @@ class LocalEngine(Engine):
     def drive(self, server: FederatedOrchestrator) -> None:
         first = server.completed_rounds + 1
         for rnd in range(first, first + server.rounds_to_run()):
-            clients = server.start_round(rnd)
-            for client, outcome in self.fits(server, rnd, clients):
-                if isinstance(outcome, str):
-                    server.drop(rnd, client, outcome)
-                else:
-                    server.receive(rnd, outcome)
-            server.finish_round(rnd)
+            self.run_round(server, rnd)
+
+    def run_round(self, server: FederatedOrchestrator, rnd: int) -> dict[str, Any]:
+        """One round: select, fit (a base station that raises, hangs or whose worker dies is
+        dropped), aggregate, evaluate; returns the round's record. A caller outside :meth:`run`
+        should :meth:`close` the engine afterwards."""
+        clients = server.start_round(rnd)
+        for client, outcome in self.fits(server, rnd, clients):
+            if isinstance(outcome, str):
+                server.drop(rnd, client, outcome)
+            else:
+                server.receive(rnd, outcome)
+        return server.finish_round(rnd)
 
     def fits(self, server: FederatedOrchestrator, rnd: int,
              clients: list[int]) -> Iterator[tuple[int, ClientUpdate | str]]:

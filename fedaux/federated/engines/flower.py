@@ -39,6 +39,7 @@ from fedaux.federated.hooks import KeepsTotals, RoundCallback
 from fedaux.federated.orchestrator import FederatedOrchestrator
 from fedaux.federated.pipeline import LocalState
 from fedaux.federated.runtime import ClientFit, flatten_local_state, to_update, unflatten_local_state
+from fedaux.plugins import import_plugins
 from fedaux.schema import config_from_text
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ def _simulated_data(yaml_text: str) -> Any:
     from fedaux.data.samples import build_federated_data
 
     cfg = _experiment(yaml_text)
+    import_plugins(list(cfg.plugins))
     return build_federated_data(cfg.data, cfg.federated.base_stations, cfg.federated.edge_servers, cfg.seed,
                                 main_target=cfg.model.heads[cfg.model.main_task].target)
 
@@ -146,6 +148,7 @@ def _runtime(yaml_text: str, target_classes_json: str, simulated: bool) -> Any:
     from fedaux.federated.runtime import ClientRuntime
 
     cfg = _experiment(yaml_text)
+    import_plugins(list(cfg.plugins))
     test = _simulated_data(yaml_text).test if simulated else None
     runtime = ClientRuntime.from_config(cfg, json.loads(target_classes_json), test=test,
                                         callbacks=lightning_callbacks_from_config(cfg))

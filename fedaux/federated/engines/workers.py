@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,6 +43,7 @@ from fedaux.errors import ConfigError
 from fedaux.federated.engines.base import LocalEngine, timeout_reason
 from fedaux.federated.pipeline import LocalState
 from fedaux.federated.runtime import ClientFit, ClientRuntime, to_update
+from fedaux.plugins import import_plugins
 
 if TYPE_CHECKING:
     from fedaux.federated.hooks import ClientUpdate
@@ -75,8 +78,10 @@ def _dumps(message: Any) -> bytes:
 
 
 def _worker_main(conn: Connection) -> None:
-    """A worker's loop: ``("settings", WorkerSetup)``, ``("payload", state)``, ``("fit", client,
-    rnd, local_state)`` -> ``("done", client, ClientFit)`` or ``("failed", client, reason)``."""
+    """A worker's loop: ``("prepare", sys_path, plugins)``, ``("settings", WorkerSetup)``,
+    ``("payload", state)``, ``("fit", client, rnd, local_state)`` -> ``("done", client, ClientFit)``
+    or ``("failed", client, reason)``. ``prepare`` comes first and puts the parent's import path
+    and plug-in modules in place, so the settings' plug-in objects unpickle here too."""
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     settings: WorkerSetup | None = None
@@ -86,8 +91,15 @@ def _worker_main(conn: Connection) -> None:
             message = pickle.loads(conn.recv_bytes())
         except EOFError:  # the orchestrator went away
             return
+        except Exception as err:  # e.g. a plug-in module missing here: say so in this process's log and stop
+            log.error("worker %d could not read its message: %s: %s", os.getpid(), type(err).__name__, err)
+            return
         kind = message[0]
-        if kind == "settings":
+        if kind == "prepare":
+            _, sys_path, plugins = message
+            sys.path[:] = [*sys_path, *(p for p in sys.path if p not in sys_path)]
+            import_plugins(plugins)
+        elif kind == "settings":
             settings = message[1]
             torch.set_num_threads(settings.threads)
         elif kind == "payload":
@@ -108,11 +120,12 @@ def _worker_main(conn: Connection) -> None:
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
-    def __init__(self, context, settings_message: bytes, name: str) -> None:
+    def __init__(self, context, prepare_message: bytes, settings_message: bytes, name: str) -> None:
         self.conn, child = context.Pipe(duplex=True)
         self.process = context.Process(target=_worker_main, args=(child,), name=name, daemon=True)
         self.process.start()
         child.close()
+        self.conn.send_bytes(prepare_message)
         self.conn.send_bytes(settings_message)
         self.payload_version = -1  # the round whose payload it holds
         self.client: int | None = None  # the base station it is fitting
@@ -144,7 +157,8 @@ class ClientWorkers:
         timeout_s: a fit with no answer after this long is abandoned, its worker killed and replaced.
     """
 
-    def __init__(self, settings: WorkerSetup | bytes, count: int, timeout_s: float | None = None) -> None:
+    def __init__(self, settings: WorkerSetup | bytes, count: int, timeout_s: float | None = None,
+                 plugins: Sequence[str] = ()) -> None:
         if count < 1:
             raise ValueError(f"federated.workers={count}: give at least 1")
         self.count, self.timeout_s = count, timeout_s
@@ -152,11 +166,12 @@ class ClientWorkers:
         if START_METHOD == "forkserver":
             self._context.set_forkserver_preload(_PRELOAD)
         self._settings = settings if isinstance(settings, bytes) else _dumps(("settings", settings))
+        self._prepare = _dumps(("prepare", list(sys.path), list(plugins)))
         self._workers = [self._start(i) for i in range(count)]
         self._round = 0
 
     def _start(self, index: int) -> _Worker:
-        return _Worker(self._context, self._settings, name=f"fedaux-worker-{index}")
+        return _Worker(self._context, self._prepare, self._settings, name=f"fedaux-worker-{index}")
 
     @property
     def pids(self) -> list[int]:
@@ -309,7 +324,8 @@ class WorkerPoolEngine(LocalEngine):
         if self._pool is None:
             setup = WorkerSetup(server.runtime, server.data.clients, self.threads)
             message = check_picklable(setup, self.cfg)
-            self._pool = ClientWorkers(message, self.workers, self.timeout_s)
+            plugins = list(self.cfg.plugins) if self.cfg is not None else []
+            self._pool = ClientWorkers(message, self.workers, self.timeout_s, plugins)
 
     @property
     def worker_pids(self) -> list[int]:
