@@ -147,7 +147,7 @@ class FederatedConfig:
     gradient_clip_val: float | None = 1.0
     client_timeout_s: float | None = None  # drop a base station that has not answered by then
     # In-process engine: local fits at once, each in a worker process with cores // workers torch
-    # threads (fedaux/federated/workers.py); 1 fits them one after another in the main process.
+    # threads (fedaux/federated/engines/workers.py); 1 fits them one after another in the main process.
     # null: the machine's cores. Results do not depend on it beyond the threads per fit.
     workers: int | None = None
     min_clients: int = 1  # fewer valid updates in a round stops the run (after the last checkpoint)

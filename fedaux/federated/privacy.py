@@ -13,9 +13,10 @@ weight's share of the average, is added:
   same scale on every update). Protects against its edge server too, at the cost of noise that
   adds up over base stations instead of once per edge server.
 
-Order at a base station: local fit, strategy upload, DP (local mode), then compression, so
-compression only post-processes a private update. At the edge: decode, clip (central), average,
-noise (central).
+Where each mechanism runs in an update's way is the update pipeline's order
+(:data:`fedaux.federated.pipeline.SLOTS`): local DP is the ``base_station.privatise`` stage, before
+the uplink codec, so compression only post-processes a private update; central DP is the
+``edge.clip`` and ``edge.noise`` stages around the edge server's average.
 
 The accountant (``opacus.accountants.RDPAccountant``, no formula written here) composes one
 sampled Gaussian mechanism per round with sampling rate = the share of base stations taking
@@ -29,11 +30,14 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fedaux.errors import ConfigError
+
+if TYPE_CHECKING:
+    from opacus import GradSampleModule, PrivacyEngine
 
 PRIVACY_MODES = ("none", "central", "local", "dpsgd")  # privacy.mode
 State = dict[str, torch.Tensor]
@@ -88,8 +92,8 @@ class DPSGD:
                  history: torch.Tensor | None = None) -> None:
         self.clip_norm, self.noise_multiplier, self.delta, self.seed = clip_norm, noise_multiplier, delta, seed
         self.history = [] if history is None else [(float(z), float(q), int(n)) for z, q, n in history.tolist()]
-        self._engine = None
-        self._module = None
+        self._engine: PrivacyEngine | None = None
+        self._module: GradSampleModule | None = None
 
     def make_private(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, data_loader) -> torch.optim.Optimizer:
         from opacus import PrivacyEngine

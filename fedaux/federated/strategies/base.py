@@ -9,8 +9,8 @@ A strategy decides four things, on both engines alike:
 * how a base station trains (:meth:`Strategy.client_callbacks`, :meth:`Strategy.local_epochs`):
   Lightning callbacks that touch gradients or freeze parts of the model;
 * what a base station keeps between rounds (its *local state*: personal heads, control
-  variates). The in-process engine keeps it per base station in the orchestrator (and its
-  checkpoint); on Flower it lives in the node's ``Context.state``;
+  variates), under the ``strategy`` namespace of the base station's local state: the server's
+  checkpoint keeps it on the in-process engines, each node's own folder on Flower;
 * how the top tier turns the average of the edge servers into the next global model
   (:meth:`Strategy.server_update`): plain replacement (FedAvg) or a server optimiser step.
 """
