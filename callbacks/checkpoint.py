@@ -22,7 +22,10 @@ VERSION = 2  # 2: the orchestrator's state_dict, callbacks under their state_key
 
 def rng_states() -> dict[str, Any]:
     """Generator states of every library a run draws from, in types ``weights_only`` loading accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state()
+    if not isinstance(state, tuple):  # legacy=True, the default, gives the global MT19937's tuple
+        raise TypeError(f"numpy's global random state is a {type(state).__name__}, expected its legacy tuple")
+    name, keys, pos, has_gauss, cached = state
     return {
         "torch": torch.get_rng_state(),
         "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),

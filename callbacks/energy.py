@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
 from fedaux.federated.hooks import CALLBACKS, RoundCallback, at_target
+
+if TYPE_CHECKING:
+    from codecarbon import OfflineEmissionsTracker
 
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # say each reason once per process, not once per run of a benchmark
@@ -28,7 +31,7 @@ class EnergyTracker(RoundCallback):
         self.enabled = enabled
         self.country_iso_code = country_iso_code
         self.reason = "" if enabled else "disabled by config (logging.energy=false)"
-        self._tracker = None
+        self._tracker: OfflineEmissionsTracker | None = None
         self._round_kwh: float | None = None
         self._total_kwh = 0.0
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from typing_extensions import override
 
 from fedaux.federated.hooks import CALLBACKS, RoundCallback
@@ -17,7 +25,7 @@ class RoundProgressBar(RoundCallback):
     def __init__(self, main_task: str = "traffic_class") -> None:
         self.main_task = main_task
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     @classmethod
     def from_config(cls, cfg, run_dir) -> RoundProgressBar | None:
@@ -35,7 +43,7 @@ class RoundProgressBar(RoundCallback):
 
     @override
     def on_round_end(self, orchestrator, rnd: int, record: dict[str, Any]) -> None:
-        if self._progress is None:
+        if self._progress is None or self._task is None:
             return
         acc = record.get(orchestrator.strategy.headline_key(self.main_task), float("nan"))
         mb = record.get("comm/cum_bytes_total", 0) / 1e6

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from typing_extensions import override
 
 from fedaux.errors import ConfigError
 from fedaux.federated.hooks import CALLBACKS, RoundCallback
 
-WANDB_MODES = ("offline", "online", "disabled")
+if TYPE_CHECKING:
+    from wandb import Run
+
+WandbMode = Literal["offline", "online", "disabled"]
+WANDB_MODES: tuple[WandbMode, ...] = ("offline", "online", "disabled")
 
 
 @CALLBACKS.register("wandb")
@@ -30,9 +34,10 @@ class WandbLogger(RoundCallback):
                  name: str | None = None, entity: str | None = None, tags: list[str] | None = None) -> None:
         if mode not in WANDB_MODES:
             raise ConfigError(f"logging.wandb.mode={mode!r} is not valid; choose one of {list(WANDB_MODES)}")
-        self.save_dir, self.config, self.project, self.mode = Path(save_dir), config, project, mode
+        self.mode: WandbMode = mode
+        self.save_dir, self.config, self.project = Path(save_dir), config, project
         self.name, self.entity, self.tags = name, entity, list(tags or [])
-        self.run = None
+        self.run: Run | None = None
 
     @classmethod
     def from_config(cls, cfg, run_dir: Path) -> WandbLogger | None:
@@ -41,7 +46,11 @@ class WandbLogger(RoundCallback):
         w = cfg.logging.wandb
         if w.mode == "disabled":
             return None
-        return cls(run_dir, OmegaConf.to_container(cfg, resolve=True), project=w.project, mode=w.mode,
+        config = OmegaConf.to_container(cfg, resolve=True)
+        if not isinstance(config, dict):
+            raise ConfigError(f"the experiment config must be a mapping, got {type(config).__name__}")
+        # The experiment config is a structured config: its keys are field names, all strings.
+        return cls(run_dir, cast(dict[str, Any], config), project=w.project, mode=w.mode,
                    name=w.name or Path(run_dir).name, entity=w.entity, tags=list(w.tags))
 
     @property
