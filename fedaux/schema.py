@@ -231,5 +231,7 @@ def config_from_text(text: str) -> DictConfig:
     unchecked: the process that wrote it checked it. Use :func:`fedaux.config.load_config_text` for text
     from anywhere else."""
     cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(text))
+    if not isinstance(cfg, DictConfig):  # merged onto the structured ExperimentConfig: always a mapping
+        raise TypeError(f"a fedaux config must be a mapping, got {type(cfg).__name__}")
     cfg.model.heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
     return cfg
