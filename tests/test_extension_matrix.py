@@ -79,6 +79,29 @@ def _checks_ran(result):
     assert result.history[0]["clients"] == 2
 
 
+def _checks_feature(result):
+    assert result.orchestrator.global_state["trunk.layers.0.weight"].shape[1] == 2  # iat and log_length
+
+
+def _checks_norm(result):
+    assert not any("running_mean" in k for k in result.orchestrator.global_state)  # no BatchNorm left
+
+
+def _checks_head(result):
+    assert "heads.traffic_class.skip.weight" in result.orchestrator.global_state
+
+
+def _store_copy(tmp_path):
+    """The embedded flows under a suffix only the reader plug-in knows."""
+    import shutil
+
+    from fedaux.data.flows import embedded_path
+
+    target = tmp_path / "ucdavis.flows"
+    shutil.copyfile(embedded_path(), target)
+    return [f"data.root={target}"]
+
+
 @dataclass
 class Plugin:
     name: str
@@ -86,9 +109,20 @@ class Plugin:
     overrides: list[str]
     check: object = _checks_ran
     registered: list[tuple[str, str]] = field(default_factory=list)  # (registry module:attr, name) to undo
+    setup: object = None  # tmp_path -> more overrides
 
 
 MATRIX = [
+    Plugin("per-packet feature", ["log_length_feature.py"], ["data.features=[iat,log_length]"], _checks_feature,
+           [("fedaux.data.features:PACKET_FEATURES", "log_length")]),
+    Plugin("flow reader", ["suffix_store_reader.py"], [], _checks_ran, [("fedaux.data.formats:FLOW_READERS", "flows_file")],
+           setup=_store_copy),
+    Plugin("partition scheme", ["alternating_partition.py"], ["data.partition.scheme=by_label_order"], _checks_ran,
+           [("fedaux.data.partition:PARTITION_SCHEMES", "by_label_order")]),
+    Plugin("trunk norm", ["layer_norm.py"], ["model.trunk.norm=layer"], _checks_norm, [("fedaux.model.trunk:NORMS", "layer")]),
+    Plugin("optimiser", ["nadam_optimizer.py"], ["model.optimizer.name=nadam"], _checks_ran,
+           [("fedaux.model.optimizers:OPTIMIZERS", "nadam")]),
+    Plugin("head class", ["wide_head.py"], ["model.heads.traffic_class.cls=wide_head:WideHead"], _checks_head),
     Plugin("weighting", ["main_only_weighting.py"], ["model.weighting.name=main_only"], _checks_weighting,
            [("fedaux.model.weighting:WEIGHTINGS", "main_only")]),
     Plugin("aggregation rule", ["first_client_rule.py"], ["federated.aggregation=first_client"], _checks_ran,
@@ -128,8 +162,9 @@ def unload_plugins():
 def _run(tmp_path, plugin: Plugin, engine: str):
     files = [str(PLUGINS / f) for f in plugin.files]
     plugins = "plugins=[" + ",".join(files) + "]"
+    extra = plugin.setup(tmp_path) if plugin.setup is not None else []
     cfg = load_config(REPO / "conf" / "quic.yaml", [f"output_dir={tmp_path / 'out'}", plugins, *QUICK,
-                                                    *ENGINES[engine], *plugin.overrides])
+                                                    *ENGINES[engine], *plugin.overrides, *extra])
     return run(cfg)
 
 
