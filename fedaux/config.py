@@ -108,9 +108,12 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     if base is None:
         return node
     try:
-        return OmegaConf.merge(_read_yaml(path.parent / str(base), (*chain, path)), node)
+        merged = OmegaConf.merge(_read_yaml(path.parent / str(base), (*chain, path)), node)
     except (OmegaConfBaseException, TypeError, ValueError) as err:
         raise ConfigError(f"{path}: does not fit the file it extends, {base} ({str(err).splitlines()[0]})") from None
+    if not isinstance(merged, DictConfig):
+        raise ConfigError(f"{path}: merged with the file it extends, {base}, is not a mapping of config keys")
+    return merged
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
@@ -118,7 +121,7 @@ def _flat_keys(node: Any, prefix: str = "") -> list[str]:
         return []
     keys = []
     for key in node.keys():
-        full = f"{prefix}{key}"
+        full = f"{prefix}{key!s}"
         keys.append(full)
         keys.extend(_flat_keys(node._get_node(key), f"{full}."))
     return keys
@@ -156,6 +159,8 @@ def load_config_text(text: str, source: str = "config text") -> DictConfig:
         raise _explain(err, OmegaConf.structured(ExperimentConfig), source) from None
     except Exception as err:  # YAML syntax or a value that does not fit the schema
         raise ConfigError(f"{source}: not a valid fedaux config ({err})") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{source}: expected a mapping of config keys at the top level")
     cfg.model.heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
     apply_implied(cfg)
     import_plugins(list(cfg.plugins))

@@ -63,6 +63,8 @@ def run_callbacks(cfg: DictConfig, run_dir: Path, engine: Engine, extra: Sequenc
     configured = [build_callback(spec, cfg, run_dir, key=f"logging.callbacks[{i}]")
                   for i, spec in enumerate(cfg.logging.callbacks)]
     checkpoint = build_callback("checkpoint", cfg, run_dir)
+    if checkpoint is None:  # every run saves its rounds: resuming depends on it
+        raise ConfigError("the 'checkpoint' callback built nothing; a run needs its checkpointer")
     return [*default_callbacks(cfg, run_dir), *engine.callbacks(), *(c for c in configured if c is not None),
             *extra, checkpoint]
 

@@ -12,12 +12,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from fedaux.errors import ConfigError
 from fedaux.registry import Registry
 
 State = dict[str, torch.Tensor]
+# Each base station's edge server, by client index: a partition's ``(B,)`` integer array, or a list or mapping.
+EdgeOfClient = Mapping[int, int] | Sequence[int] | np.ndarray
 
 
 class EdgeRule(Protocol):
@@ -192,7 +195,7 @@ class TwoTierAggregator:
     round ends. The top level always averages the edge servers weighted by their samples.
     """
 
-    def __init__(self, edge_of_client: Mapping[int, int] | Sequence[int], rule: str = "fedavg",
+    def __init__(self, edge_of_client: EdgeOfClient, rule: str = "fedavg",
                  trim_fraction: float = 0.1) -> None:
         self._make_rule = AGGREGATION_RULES.get(rule)
         self._options = {"trim_fraction": trim_fraction}
@@ -229,7 +232,7 @@ class TwoTierAggregator:
 def two_tier_fedavg(
     client_states: Mapping[int, Mapping[str, torch.Tensor]],
     client_samples: Mapping[int, int],
-    edge_of_client: Mapping[int, int] | Sequence[int],
+    edge_of_client: EdgeOfClient,
 ) -> TwoTierResult:
     """Each edge server averages its base stations; the top level averages the edge servers.
 

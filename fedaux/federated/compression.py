@@ -179,6 +179,8 @@ def decode_state(wire: Mapping[str, torch.Tensor], reference: Mapping[str, torch
             if isinstance(codec, TopK):
                 raise ValueError("a top-k state cannot be decoded without the shapes of a reference state")
             shape_of = named_parts.get("q", named_parts.get("v"))
+            if shape_of is None:
+                raise KeyError(f"{name!r} has no 'q' or 'v' wire part to take its shape from (a malformed state)")
             out[name] = codec.decode(named_parts, torch.empty(shape_of.shape, dtype=torch.float32))
         return out
     return {name: codec.decode(parts[name], like) if like.is_floating_point() else wire[name]

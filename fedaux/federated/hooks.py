@@ -98,7 +98,8 @@ class RoundCallback:
 
     def on_aggregated(self, orchestrator: FederatedOrchestrator, rnd: int, aggregate: RoundAggregate) -> None: ...
 
-    def on_evaluated(self, orchestrator: FederatedOrchestrator, rnd: int, metrics: dict[str, float]) -> None: ...
+    def on_evaluated(self, orchestrator: FederatedOrchestrator, rnd: int, metrics: dict[str, Any]) -> None:
+        """The round's metrics: floats, and ``clients/dropped_reasons`` (a string) when base stations dropped."""
 
     def log_round(self, orchestrator: FederatedOrchestrator, rnd: int, record: dict[str, Any]) -> None:
         """Add this callback's keys for the round to ``record``."""

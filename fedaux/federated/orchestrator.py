@@ -298,7 +298,7 @@ class FederatedOrchestrator:
         updates = self._received
         self.global_state = aggregate.global_state
         self._call("on_aggregated", rnd, aggregate)
-        metrics = self.evaluator(self.global_state)
+        metrics: dict[str, Any] = self.evaluator(self.global_state)  # floats, and clients/dropped_reasons (str)
         metrics.update(round_client_metrics(updates))
         if self.privacy is not None:
             metrics["privacy/epsilon"] = self.privacy.account(self.sample_rate)

@@ -25,7 +25,7 @@ import torch
 
 from fedaux.data.datamodule import ClientDataModule
 from fedaux.data.samples import SampleSet
-from fedaux.federated.aggregation import cpu_state
+from fedaux.federated.aggregation import EdgeOfClient, cpu_state
 from fedaux.federated.client import TrainerOptions, client_trainer, personal_scores, quiet_lightning
 from fedaux.federated.hooks import ClientUpdate
 from fedaux.federated.pipeline import (
@@ -231,7 +231,7 @@ def _set(local_state: LocalState, namespace: str, entries: Mapping[str, torch.Te
         local_state.pop(namespace, None)
 
 
-def to_update(fit: ClientFit, edge_of_client: Sequence[int] | Mapping[int, int]) -> ClientUpdate:
+def to_update(fit: ClientFit, edge_of_client: EdgeOfClient) -> ClientUpdate:
     """The update the server receives from a finished fit (every engine calls this)."""
     return ClientUpdate(fit.client, int(edge_of_client[fit.client]), fit.upload, fit.num_samples, dict(fit.metrics),
                         fit.seconds, local_state=fit.local_state, loop_seconds=fit.loop_seconds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import lightning as L
 import numpy as np
@@ -18,6 +18,9 @@ from fedaux.labels import FLOW_KEY, IGNORE_INDEX
 from fedaux.model.losses import LOSSES
 from fedaux.model.optimizers import build_optimizer
 from fedaux.model.weighting import GradientWeighting, LossWeighting, SteppedWeighting
+
+if TYPE_CHECKING:
+    from fedaux.federated.privacy import DPSGD
 
 
 def flow_means(probs: torch.Tensor | np.ndarray, flow_index: torch.Tensor | np.ndarray, num_flows: int) -> torch.Tensor:
@@ -107,7 +110,7 @@ class MultiTaskModule(L.LightningModule):
         # itself (Lightning's manual optimisation) and clips at ``manual_clip_val``.
         self.automatic_optimization = not getattr(weighting, "needs_gradients", False)
         self.manual_clip_val: float | None = None
-        self.dp_sgd = None  # a fedaux.federated.privacy.DPSGD during a DP-SGD local fit
+        self.dp_sgd: DPSGD | None = None  # a fedaux.federated.privacy.DPSGD during a DP-SGD local fit
 
     @staticmethod
     def _metrics(spec: TaskSpec) -> MetricCollection:
@@ -263,5 +266,7 @@ class MultiTaskModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optimizer = build_optimizer(self.parameters(), self.optimizer_cfg)
         if self.dp_sgd is not None:  # per-sample clipping and noise through Opacus
-            optimizer = self.dp_sgd.make_private(self, optimizer, self.trainer.datamodule.train_dataloader())
+            # Lightning sets Trainer.datamodule at fit time without declaring it on the class.
+            datamodule = self.trainer.datamodule  # type: ignore[attr-defined]
+            optimizer = self.dp_sgd.make_private(self, optimizer, datamodule.train_dataloader())
         return optimizer

@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -34,6 +34,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
+from fedaux.errors import ConfigError
 from fedaux.federated.engines.base import Engine, timeout_reason
 from fedaux.federated.hooks import KeepsTotals, RoundCallback
 from fedaux.federated.orchestrator import FederatedOrchestrator
@@ -45,6 +46,15 @@ from fedaux.schema import config_from_text
 log = logging.getLogger(__name__)
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
+# The record kind under each key is fixed by this module's messages: ARRAYS an ArrayRecord,
+# CONFIG a ConfigRecord, METRICS a MetricRecord (hence the casts where a RecordDict is read).
+
+
+def _scalar(value: object) -> int | float | str:
+    """A number (or numeric text) read from a Flower record, for ``int()`` or ``float()``."""
+    if not isinstance(value, int | float | str):
+        raise TypeError(f"expected a number in the Flower record, got a {type(value).__name__}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------- bytes
@@ -133,8 +143,9 @@ def _simulated_data(yaml_text: str) -> Any:
 def _local_samples(yaml_text: str, data_root: str, client: int, class_names: tuple[str, ...]) -> Any:
     from fedaux.data.samples import local_client_samples
 
-    cfg = _experiment(yaml_text)
-    cfg = OmegaConf.merge(cfg, {"data": {"root": data_root}})
+    cfg = OmegaConf.merge(_experiment(yaml_text), {"data": {"root": data_root}})
+    if not isinstance(cfg, DictConfig):  # merged onto the experiment's DictConfig, it stays one
+        raise ConfigError(f"the server's experiment config with data-root {data_root!r} is not a mapping")
     return local_client_samples(cfg.data, cfg.seed, client, class_names,
                                 main_target=cfg.model.heads[cfg.model.main_task].target)
 
@@ -192,7 +203,7 @@ client_app = ClientApp()
 @client_app.query()
 def identify(msg: Message, context: Context) -> Message:
     """Tell the server which base station this node is and how many samples it holds."""
-    client, samples = _samples_for(context, msg.content[CONFIG])
+    client, samples = _samples_for(context, cast(ConfigRecord, msg.content[CONFIG]))
     reply = RecordDict({METRICS: MetricRecord({"client": client, "num-examples": len(samples)})})
     return Message(content=reply, reply_to=msg)
 
@@ -200,20 +211,22 @@ def identify(msg: Message, context: Context) -> Message:
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local training: the runtime's fit from the global arrays, the upload sent back, the local state kept."""
-    config = msg.content[CONFIG]
+    config = cast(ConfigRecord, msg.content[CONFIG])
     yaml_text = str(config["experiment"])
-    if int(config.get("torch-threads", 0)) > 0:
-        torch.set_num_threads(int(config["torch-threads"]))
+    if int(_scalar(config.get("torch-threads", 0))) > 0:
+        torch.set_num_threads(int(_scalar(config["torch-threads"])))
     client, samples = _samples_for(context, config)
     simulated = _client_identity(context)[1] is None
     runtime, compression = _runtime(yaml_text, str(config["target-classes"]), simulated)
-    rnd = int(config["server-round"])
+    rnd = int(_scalar(config["server-round"]))
     store = node_state_store(context, config, client)
     if store is not None:
         local_state = store.load_before(rnd)
     else:
-        local_state = unflatten_local_state(from_record(context.state[LOCAL_STATE])) if LOCAL_STATE in context.state else {}
-    fit = runtime.fit(client, samples, compression.receive_down(from_record(msg.content[ARRAYS])), rnd, local_state)
+        local_state = (unflatten_local_state(from_record(cast(ArrayRecord, context.state[LOCAL_STATE])))
+                       if LOCAL_STATE in context.state else {})
+    downlink = from_record(cast(ArrayRecord, msg.content[ARRAYS]))
+    fit = runtime.fit(client, samples, compression.receive_down(downlink), rnd, local_state)
     if store is not None:
         store.save(rnd, fit.local_state)
     elif fit.local_state:
@@ -225,11 +238,11 @@ def train(msg: Message, context: Context) -> Message:
 
 def fit_from_reply(content: RecordDict) -> ClientFit:
     """The :class:`ClientFit` a node's reply carries (its local state stayed on the node)."""
-    metrics = dict(content[METRICS])
-    client, samples = int(metrics.pop("client")), int(metrics.pop("num-examples"))
-    seconds, loop = float(metrics.pop("fit_seconds")), float(metrics.pop("loop_seconds", 0.0))
-    return ClientFit(client, from_record(content[ARRAYS]), {}, samples, {k: float(v) for k, v in metrics.items()},
-                     seconds, loop)
+    metrics = dict(cast(MetricRecord, content[METRICS]))
+    client, samples = int(_scalar(metrics.pop("client"))), int(_scalar(metrics.pop("num-examples")))
+    seconds, loop = float(_scalar(metrics.pop("fit_seconds"))), float(_scalar(metrics.pop("loop_seconds", 0.0)))
+    return ClientFit(client, from_record(cast(ArrayRecord, content[ARRAYS])), {}, samples,
+                     {k: float(_scalar(v)) for k, v in metrics.items()}, seconds, loop)
 
 
 # ---------------------------------------------------------------------------------------- server side
@@ -269,7 +282,7 @@ class FedauxServerStrategy(Strategy):
         self.round_offset = first_round - 1
         self.timeout_s = timeout_s
         data = orchestrator.data
-        self.base_config = {
+        self.base_config: dict[str, str | int] = {
             "experiment": experiment_yaml,
             "target-classes": json.dumps({n: t.num_classes for n, t in data.targets.items()}),
             "class-names": json.dumps(list(data.flows.class_names)),
@@ -291,7 +304,8 @@ class FedauxServerStrategy(Strategy):
         for reply in grid.send_and_receive(messages):
             if reply.has_error():
                 raise RuntimeError(f"node {reply.metadata.src_node_id} failed to identify itself: {reply.error.reason}")
-            self.node_of_client[int(reply.content[METRICS]["client"])] = reply.metadata.src_node_id
+            client = int(_scalar(cast(MetricRecord, reply.content[METRICS])["client"]))
+            self.node_of_client[client] = reply.metadata.src_node_id
         missing = sorted(set(range(len(self.orchestrator.data.clients))) - set(self.node_of_client))
         if missing:
             raise RuntimeError(f"no Flower node serves base stations {missing}; {len(node_ids)} node(s) connected")
@@ -364,7 +378,8 @@ class FlowerEngine(Engine):
     on Flower's simulation engine (Ray) on this machine with one SuperNode per base station."""
 
     def __init__(self, cfg: DictConfig, grid: Grid | None = None, run_dir: str | Path | None = None) -> None:
-        self.cfg, self.grid, self.run_dir = cfg, grid, run_dir
+        self.cfg, self.grid = cfg, grid
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.traffic = FlowerTraffic()
         self.experiment_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         flower = cfg.federated.flower

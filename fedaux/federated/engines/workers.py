@@ -106,6 +106,7 @@ def _worker_main(conn: Connection) -> None:
             payload = message[1]
         elif kind == "fit":
             _, client, rnd, local_state = message
+            reply: tuple[str, int, ClientFit | str]
             try:
                 if settings is None:
                     raise RuntimeError("a fit arrived before the worker's settings")
@@ -258,6 +259,8 @@ class ClientWorkers:
 
     def _replace(self, index: int, waiting: dict[int, ClientFit | str], reason: str) -> None:
         worker = self._workers[index]
+        if worker.client is None:  # _collect replaces only workers that hold a fit
+            raise RuntimeError(f"worker {worker.process.name} holds no fit to report as failed")
         waiting[worker.client] = reason
         worker.stop(kill=True)
         log.warning("worker %s replaced: %s", worker.process.name, reason)

@@ -9,10 +9,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import torch
 
 from fedaux.errors import ConfigError
 from fedaux.federated.strategies.base import STRATEGIES
 from fedaux.federated.strategies.fedper import FedPer, is_local
+
+
+def _trunk(pl_module: L.LightningModule) -> torch.nn.Module:
+    trunk = pl_module.trunk
+    if not isinstance(trunk, torch.nn.Module):
+        raise TypeError(f"FedRep needs a module with a trunk submodule; {type(pl_module).__name__}.trunk is "
+                        f"{type(trunk).__name__}")
+    return trunk
 
 
 class AlternateHeadsAndTrunk(L.Callback):
@@ -26,12 +35,12 @@ class AlternateHeadsAndTrunk(L.Callback):
         for name, param in pl_module.named_parameters():
             param.requires_grad_(is_local(name) == heads_phase)
         # A frozen trunk must not move its BatchNorm statistics either.
-        pl_module.trunk.train(not heads_phase)
+        _trunk(pl_module).train(not heads_phase)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for param in pl_module.parameters():
             param.requires_grad_(True)
-        pl_module.trunk.train()
+        _trunk(pl_module).train()
 
 
 @STRATEGIES.register("fedrep")

@@ -43,6 +43,8 @@ class ControlCorrection(ParameterGradientHook):
         self.gradient_sums: dict[str, torch.Tensor] = {}
 
     def correction(self, name: str, param: torch.Tensor) -> torch.Tensor | None:
+        if param.grad is None:  # ParameterGradientHook skips parameters without a gradient
+            raise RuntimeError(f"SCAFFOLD correction asked for {name!r}, which has no gradient")
         raw = param.grad.detach().to("cpu", torch.float32)
         self.gradient_sums[name] = raw.clone() if name not in self.gradient_sums else self.gradient_sums[name].add_(raw)
         return self.terms.get(name)

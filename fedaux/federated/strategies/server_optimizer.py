@@ -33,23 +33,25 @@ class ServerOptimizerStrategy(Strategy):
     def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         raise NotImplementedError
 
-    def _ensure(self, global_state: Mapping[str, torch.Tensor]) -> None:
+    def _ensure(self, global_state: Mapping[str, torch.Tensor]) -> torch.optim.Optimizer:
+        """The server optimiser, made over the global parameters on first use."""
         if self._optimizer is not None:
-            return
+            return self._optimizer
         self._params = {k: torch.nn.Parameter(global_state[k].detach().clone().float()) for k in self.param_names}
         self._optimizer = self.make_optimizer(list(self._params.values()))
         if self._pending_state is not None:
             self._optimizer.load_state_dict(self._pending_state)
             self._pending_state = None
+        return self._optimizer
 
     def server_update(self, global_state, aggregate, participants: int, clients: int) -> State:
-        self._ensure(global_state)
+        optimizer = self._ensure(global_state)
         with torch.no_grad():
             for k, param in self._params.items():
                 param.copy_(global_state[k])
                 param.grad = (global_state[k] - aggregate[k]).to(param.dtype)
-        self._optimizer.step()
-        self._optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         new = super().server_update(global_state, aggregate, participants, clients)  # buffers: the average
         for k, param in self._params.items():
             new[k] = param.detach().clone().to(global_state[k].dtype)
