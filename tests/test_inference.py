@@ -28,8 +28,8 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     cfg = load_config(REPO / "conf" / "quic.yaml", [
         f"output_dir={tmp}", "federated.rounds=3", "federated.base_stations=2", "federated.edge_servers=1",
-        "data.subflows_per_flow=16",  # about 0.8 held-out accuracy: a model that tells classes apart "logging.progress=false", "logging.energy=false", "logging.plots=false",
-        "logging.wandb.mode=disabled"])
+        "data.subflows_per_flow=16",  # about 0.8 held-out accuracy: a model that tells classes apart
+        "logging.progress=false", "logging.energy=false", "logging.plots=false", "logging.wandb.mode=disabled"])
     return run(cfg)
 
 
