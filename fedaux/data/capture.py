@@ -370,3 +370,10 @@ def write_captures(flows: FlowCollection, folder: str | Path, snaplen: int = 96)
                 writer.writepkt(bytes(frame)[:snaplen], ts=time_us / 1e6)
         written.append(path)
     return written
+
+
+def check_config(cfg: Any) -> None:
+    """``data.capture``'s rules (called by :func:`fedaux.config.validate`)."""
+    if cfg.data.capture.idle_timeout_s <= 0:
+        raise ConfigError(f"data.capture.idle_timeout_s={cfg.data.capture.idle_timeout_s} must be > 0")
+    compile_filter(cfg.data.capture.filter)

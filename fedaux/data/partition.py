@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -175,3 +176,11 @@ def mask_labels(labels: np.ndarray, labeled_fraction: float, rng: np.random.Gene
     keep = rng.choice(len(labels), size=n_keep, replace=False)
     masked[keep] = labels[keep]
     return masked
+
+
+def check_config(cfg: Any) -> None:
+    """The federation's shape (called by :func:`fedaux.config.validate`): every edge server needs a base station."""
+    fed = cfg.federated
+    if fed.edge_servers > fed.base_stations:
+        raise ConfigError(f"federated.edge_servers={fed.edge_servers} exceeds federated.base_stations="
+                          f"{fed.base_stations}; every edge server needs a base station")

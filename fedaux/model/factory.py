@@ -7,13 +7,14 @@ heads predict, the window length and the number of per-packet channels.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from omegaconf import OmegaConf
 from torch import nn
 
 from fedaux.errors import ConfigError
 from fedaux.model.heads import TaskHead
-from fedaux.model.losses import DEFAULT_LOSS
+from fedaux.model.losses import DEFAULT_LOSS, LOSSES
 from fedaux.model.module import MultiTaskModule, TaskSpec
 from fedaux.model.trunk import ConvTrunk
 from fedaux.model.weighting import build_weighting
@@ -83,3 +84,22 @@ def build_model(model_cfg, num_classes: Mapping[str, int], packets: int, in_chan
     if optimizer is not None and not isinstance(optimizer, dict):
         raise ConfigError(f"model.optimizer must be a mapping such as {{name: adam, lr: 0.001}}, got {optimizer!r}")
     return MultiTaskModule(trunk, heads, specs, weighting, model_cfg.main_task, optimizer)
+
+
+HEAD_KINDS = ("classification", "regression")
+
+
+def check_config(cfg: Any) -> None:
+    """``model.heads``' rules (called by :func:`fedaux.config.validate`): each head learns a defined
+    target, with a known kind and loss, and the main task has one."""
+    model = cfg.model
+    if model.main_task not in model.heads:
+        raise ConfigError(f"model.main_task={model.main_task!r} has no head; heads: {sorted(model.heads)}")
+    for name, head in model.heads.items():
+        if head.target not in cfg.data.targets:
+            raise ConfigError(
+                f"model.heads.{name}.target={head.target!r} is not a data target; defined: {sorted(cfg.data.targets)}")
+        if head.loss is not None and head.loss not in LOSSES:
+            raise ConfigError(f"model.heads.{name}.loss={head.loss!r} is not valid; choose one of {LOSSES.names()}")
+        if head.kind not in HEAD_KINDS:
+            raise ConfigError(f"model.heads.{name}.kind={head.kind!r} is not valid; choose one of {list(HEAD_KINDS)}")

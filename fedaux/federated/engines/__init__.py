@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from fedaux.errors import ConfigError
 from fedaux.federated.engines.base import Engine, LocalEngine, timeout_reason
 from fedaux.federated.selection import clients_per_round
 from fedaux.registry import Registry
@@ -65,6 +66,14 @@ def flower(cfg: Any) -> Engine:
     from fedaux.federated.engines.flower import FlowerEngine
 
     return FlowerEngine(cfg)
+
+
+def check_config(cfg: Any) -> None:
+    """``federated.workers`` (called by :func:`fedaux.config.validate`)."""
+    workers = cfg.federated.workers
+    if workers is not None and workers < 1:
+        raise ConfigError(f"federated.workers={workers} must be >= 1 (1: fit base stations one after another in the "
+                          "main process; null: one worker per core)")
 
 
 __all__ = ["ENGINES", "Engine", "LocalEngine", "available_cores", "clients_per_round", "timeout_reason",
