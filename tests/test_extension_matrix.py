@@ -25,8 +25,8 @@ PLUGINS = REPO / "tests" / "plugins"
 QUICK = ["federated.rounds=1", "federated.base_stations=2", "federated.edge_servers=1", "data.subflows_per_flow=2",
          "logging.progress=false", "logging.energy=false", "logging.plots=false", "logging.wandb.mode=disabled",
          "federated.flower.torch_threads=1"]
-USER_TARGETS = ["data.targets.size.fn=my_targets:mean_size", "data.targets.size.bins=[300,600,900]",
-                "data.targets.rate.fn=my_targets:mean_size", "model.heads.size.target=size"]
+USER_TARGETS = ["data.targets.size.fn=user_targets:mean_size", "data.targets.size.bins=[300,600,900]",
+                "data.targets.rate.fn=user_targets:mean_size", "model.heads.size.target=size"]
 
 
 def _regression_head(loss: str) -> list[str]:
@@ -137,8 +137,8 @@ MATRIX = [
            [("fedaux.federated.pipeline:STAGES", "fit_counter")]),
     Plugin("round callback", ["hook_recorder.py"], ["logging.callbacks=[hook_recorder:HookRecorder]"], _checks_callback),
     Plugin("Lightning callback", ["fit_recorder.py"], ["logging.callbacks=[fit_recorder:FitRecorder]"], _checks_fit_recorder),
-    Plugin("targets + class & regression heads", ["my_targets.py"], _regression_head("mse"), _checks_regression),
-    *(Plugin(f"built-in loss {loss}", ["my_targets.py"], _regression_head(loss), _checks_regression)
+    Plugin("targets + class & regression heads", ["user_targets.py"], _regression_head("mse"), _checks_regression),
+    *(Plugin(f"built-in loss {loss}", ["user_targets.py"], _regression_head(loss), _checks_regression)
       for loss in ("l1", "smooth_l1")),
 ]
 ENGINES = {"sequential": ["federated.workers=1"], "workers": ["federated.workers=2"], "flower": ["federated.engine=flower"]}

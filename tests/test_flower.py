@@ -102,7 +102,7 @@ def test_a_resumed_flower_run_equals_an_uninterrupted_one(flower_three_rounds):
 ], ids=["scaffold", "fedper", "compressed", "local-dp"])
 def test_strategies_with_client_state_match_on_flower(strategy, extra, tmp_path):
     """SCAFFOLD's control variates, FedPer's personal heads and the uplink's error-feedback
-    residuals live in each Flower node's Context.state, Flower carries the compressed arrays, and
+    residuals stay on each Flower node (its own folder), Flower carries the compressed arrays, and
     local DP noises each update on its node; two rounds on Flower equal two rounds in process."""
     def cfg(engine):
         return load_config(REPO / "conf" / "quic.yaml", [
