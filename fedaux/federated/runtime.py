@@ -231,7 +231,13 @@ def _set(local_state: LocalState, namespace: str, entries: Mapping[str, torch.Te
         local_state.pop(namespace, None)
 
 
-def to_update(fit: ClientFit, edge_of_client: EdgeOfClient) -> ClientUpdate:
-    """The update the server receives from a finished fit (every engine calls this)."""
+def to_update(fit: ClientFit, edge_of_client: EdgeOfClient, *, state_stays_on_node: bool = False) -> ClientUpdate:
+    """The update the server receives from a finished fit (every engine calls this).
+
+    Args:
+        state_stays_on_node: the base station keeps its local state itself (a Flower node), so the
+            server gets none to keep; the in-process engines hand it to the server.
+    """
     return ClientUpdate(fit.client, int(edge_of_client[fit.client]), fit.upload, fit.num_samples, dict(fit.metrics),
-                        fit.seconds, local_state=fit.local_state, loop_seconds=fit.loop_seconds)
+                        fit.seconds, local_state=None if state_stays_on_node else fit.local_state,
+                        loop_seconds=fit.loop_seconds)

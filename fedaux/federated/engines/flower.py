@@ -337,7 +337,8 @@ class FedauxServerStrategy(Strategy):
                 self.orchestrator.drop(rnd, client, f"failed on its node: {reply.error.reason}")
                 continue
             self.traffic.up += flower_nbytes(reply.content)
-            updates.append(to_update(fit_from_reply(reply.content), self.orchestrator.data.partition.edge_of_client))
+            updates.append(to_update(fit_from_reply(reply.content), self.orchestrator.data.partition.edge_of_client,
+                                     state_stays_on_node=True))
         for client in sorted(set(self._selected) - answered):
             self.orchestrator.drop(rnd, client, timeout_reason(self.timeout_s, "no reply to Flower"))
         # Replies arrive in any order; fold them in base-station order so both engines sum alike.
