@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import numpy as np
 import torch
 
@@ -88,8 +87,9 @@ class FederatedOrchestrator:
             its model to evaluate, its strategy's downlink and its pipeline's edge and top stages.
         data: the clients' sample sets, their edge servers and the held-out test set.
         settings: rounds, selection, aggregation and evaluation.
-        callbacks: round hooks; those that are also Lightning callbacks are attached to every
-            in-process fit. Their ``state_key`` values must differ where they keep state.
+        callbacks: round hooks. Their ``state_key`` values must differ where they keep state. (Those
+            that are also Lightning callbacks run in the fits: :func:`fedaux.train.build_orchestrator`
+            gives them to the runtime.)
         compression: the downlink codec (``federated.compression.downlink``).
         privacy: the client-level DP accountant (``privacy.mode`` central or local).
         engine: what :meth:`run` uses when no drive is given (the sequential engine by default).
@@ -151,10 +151,6 @@ class FederatedOrchestrator:
     @property
     def seed(self) -> int:
         return self.settings.seed
-
-    @property
-    def lightning_callbacks(self) -> list[L.Callback]:
-        return [c for c in self.callbacks if isinstance(c, L.Callback)]
 
     @property
     def payload(self) -> dict[str, Any]:
