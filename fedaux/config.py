@@ -162,11 +162,7 @@ def load_config_text(text: str, source: str = "config text") -> DictConfig:
         raise ConfigError(f"{source}: not a valid fedaux config ({err})") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{source}: expected a mapping of config keys at the top level")
-    cfg.model.heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
-    apply_implied(cfg)
-    import_plugins(list(cfg.plugins))
-    validate(cfg)
-    return cfg
+    return _complete(cfg)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -192,9 +188,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise _explain(err, schema, source) from None
         except (TypeError, ValueError) as err:  # e.g. a list given where the schema has a mapping
             raise ConfigError(f"{source}: a value does not fit the config schema ({err})") from None
-    heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
-    cfg.model.heads = heads
-    cfg.plugins = resolve_plugin_paths(list(cfg.plugins))  # absolute: worker processes and nodes import them too
+    return _complete(cfg)
+
+
+def _complete(cfg: DictConfig) -> DictConfig:
+    """The steps after merging, for a file and for text alike: drop ``null`` heads, make plug-in paths
+    absolute (worker processes and nodes import them too), apply what choices imply, import the
+    plug-ins, then validate."""
+    cfg.model.heads = {name: head for name, head in cfg.model.heads.items() if head is not None}
+    cfg.plugins = resolve_plugin_paths(list(cfg.plugins))
     apply_implied(cfg)
     import_plugins(list(cfg.plugins))
     validate(cfg)

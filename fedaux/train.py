@@ -17,7 +17,7 @@ from fedaux.data.samples import FederatedData, build_federated_data
 from fedaux.federated.client import TrainerOptions
 from fedaux.federated.compression import Compression
 from fedaux.federated.engines import ENGINES, Engine
-from fedaux.federated.hooks import RoundCallback, build_callback
+from fedaux.federated.hooks import RoundCallback, build_callback, configured_callbacks
 from fedaux.federated.orchestrator import FederatedOrchestrator, ServerSettings
 from fedaux.federated.privacy import ClientLevelDP
 from fedaux.federated.runtime import ClientRuntime
@@ -60,13 +60,10 @@ def run_callbacks(cfg: DictConfig, run_dir: Path, engine: Engine, extra: Sequenc
     """Defaults, the engine's, ``logging.callbacks`` from config, ``extra`` from the caller, checkpoint last."""
     import fedaux.callbacks  # noqa: F401
 
-    configured = [build_callback(spec, cfg, run_dir, key=f"logging.callbacks[{i}]")
-                  for i, spec in enumerate(cfg.logging.callbacks)]
     checkpoint = build_callback("checkpoint", cfg, run_dir)
     if checkpoint is None:  # every run saves its rounds: resuming depends on it
         raise ConfigError("the 'checkpoint' callback built nothing; a run needs its checkpointer")
-    return [*default_callbacks(cfg, run_dir), *engine.callbacks(), *(c for c in configured if c is not None),
-            *extra, checkpoint]
+    return [*default_callbacks(cfg, run_dir), *engine.callbacks(), *configured_callbacks(cfg, run_dir), *extra, checkpoint]
 
 
 def build_orchestrator(cfg: DictConfig, data: FederatedData | None = None, callbacks: Sequence[RoundCallback] = (),

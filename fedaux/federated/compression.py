@@ -267,11 +267,6 @@ class Compression:
         return cls(cfg.uplink, cfg.downlink, cfg.topk_fraction, cfg.error_feedback,
                    running_statistics(model) if model is not None else (), dict(cfg.get("options", None) or {}))
 
-    @classmethod
-    def check_config(cls, cfg: Any) -> None:
-        """Refuse a ``federated.compression`` section that cannot work (bad codec, option or direction)."""
-        cls.from_config(cfg.federated.compression)
-
     @property
     def downlink_active(self) -> bool:
         return not isinstance(self.downlink, Identity)
@@ -289,5 +284,6 @@ class Compression:
 
 
 def check_config(cfg: Any) -> None:
-    """``federated.compression``'s rules (called by :func:`fedaux.config.validate`)."""
-    Compression.check_config(cfg)
+    """``federated.compression``'s rules (called by :func:`fedaux.config.validate`): building it refuses
+    an unknown codec, a bad option or a sparse codec on the downlink."""
+    Compression.from_config(cfg.federated.compression)

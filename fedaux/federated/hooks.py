@@ -135,14 +135,18 @@ def build_callback(spec: str, cfg: Any, run_dir: Path, key: str = "logging.callb
     return callback
 
 
+def configured_callbacks(cfg: Any, run_dir: Path) -> list[RoundCallback]:
+    """The callbacks ``logging.callbacks`` names, built for this run (those that build to None left out)."""
+    built = [build_callback(spec, cfg, run_dir, key=f"logging.callbacks[{i}]") for i, spec in enumerate(cfg.logging.callbacks)]
+    return [c for c in built if c is not None]
+
+
 def lightning_callbacks_from_config(cfg: Any, run_dir: Path | None = None) -> list[Any]:
     """The callbacks of ``logging.callbacks`` that are also Lightning callbacks: what a base station
     attaches to its fits where the server's objects are not at hand (a Flower node)."""
     import lightning as L
 
-    built = [build_callback(spec, cfg, run_dir or Path(cfg.output_dir), key=f"logging.callbacks[{i}]")
-             for i, spec in enumerate(cfg.logging.callbacks)]
-    return [c for c in built if isinstance(c, L.Callback)]
+    return [c for c in configured_callbacks(cfg, run_dir or Path(cfg.output_dir)) if isinstance(c, L.Callback)]
 
 
 def at_target(orchestrator: FederatedOrchestrator, summary: dict[str, Any], record_key: str) -> Any:

@@ -142,9 +142,7 @@ class ClientLevelDP:
                  delta: float = 1e-5, max_epsilon: float | None = None) -> None:
         if mode not in ("central", "local"):
             raise ConfigError(f"privacy.mode={mode!r}: client-level DP is 'central' or 'local'")
-        if clip_norm <= 0 or noise_multiplier < 0 or not 0 < delta < 1:
-            raise ConfigError(f"privacy: clip_norm={clip_norm} must be > 0, noise_multiplier={noise_multiplier} >= 0, "
-                              f"delta={delta} in (0, 1)")
+        check_mechanism(clip_norm, noise_multiplier, delta)
         self.mode, self.clip_norm, self.noise_multiplier = mode, clip_norm, noise_multiplier
         self.delta, self.max_epsilon = delta, max_epsilon
         from opacus.accountants import RDPAccountant  # here: Opacus loads slowly and configs import this module
@@ -257,7 +255,11 @@ def check_config(cfg: Any) -> None:
         raise ConfigError(f"privacy.mode=central needs federated.aggregation=fedavg (got "
                           f"{cfg.federated.aggregation!r}): the noise is calibrated to one update's weight in an average")
     if mode in ("central", "local"):
-        p = cfg.privacy
-        if p.clip_norm <= 0 or p.noise_multiplier < 0 or not 0 < p.delta < 1:
-            raise ConfigError(f"privacy: clip_norm={p.clip_norm} must be > 0, noise_multiplier={p.noise_multiplier} >= 0, "
-                              f"delta={p.delta} in (0, 1)")
+        check_mechanism(cfg.privacy.clip_norm, cfg.privacy.noise_multiplier, cfg.privacy.delta)
+
+
+def check_mechanism(clip_norm: float, noise_multiplier: float, delta: float) -> None:
+    """The Gaussian mechanism's options are in range (the config check and :class:`ClientLevelDP` both ask)."""
+    if clip_norm <= 0 or noise_multiplier < 0 or not 0 < delta < 1:
+        raise ConfigError(f"privacy: clip_norm={clip_norm} must be > 0, noise_multiplier={noise_multiplier} >= 0, "
+                          f"delta={delta} in (0, 1)")

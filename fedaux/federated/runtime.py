@@ -71,11 +71,6 @@ class ClientFit:
     seconds: float = 0.0
     loop_seconds: float = 0.0
 
-    @property
-    def flat_local_state(self) -> State:
-        """The local state as one ``dict[str, Tensor]`` with ``<namespace>::<entry>`` keys (for storage)."""
-        return flatten_local_state(self.local_state)
-
 
 NAMESPACE_SEP = "::"
 

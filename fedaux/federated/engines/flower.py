@@ -125,7 +125,10 @@ class NodeStateStore:
 # ---------------------------------------------------------------------------------------- client side
 @lru_cache(maxsize=2)
 def _experiment(yaml_text: str) -> DictConfig:
-    return config_from_text(yaml_text)
+    """The experiment config a message carries, with its plug-ins imported in this process (once)."""
+    cfg = config_from_text(yaml_text)
+    import_plugins(list(cfg.plugins))
+    return cfg
 
 
 @lru_cache(maxsize=2)
@@ -134,7 +137,6 @@ def _simulated_data(yaml_text: str) -> Any:
     from fedaux.data.samples import build_federated_data
 
     cfg = _experiment(yaml_text)
-    import_plugins(list(cfg.plugins))
     return build_federated_data(cfg.data, cfg.federated.base_stations, cfg.federated.edge_servers, cfg.seed,
                                 main_target=cfg.model.heads[cfg.model.main_task].target)
 
@@ -159,7 +161,6 @@ def _runtime(yaml_text: str, target_classes_json: str, simulated: bool) -> Any:
     from fedaux.federated.runtime import ClientRuntime
 
     cfg = _experiment(yaml_text)
-    import_plugins(list(cfg.plugins))
     test = _simulated_data(yaml_text).test if simulated else None
     runtime = ClientRuntime.from_config(cfg, json.loads(target_classes_json), test=test,
                                         callbacks=lightning_callbacks_from_config(cfg))

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from fedaux.federated.engines.base import LocalEngine, timeout_reason
+from fedaux.federated.errors import ClientTimeout
 from fedaux.federated.runtime import ClientFit, to_update
 
 if TYPE_CHECKING:
@@ -15,12 +16,8 @@ if TYPE_CHECKING:
     from fedaux.federated.orchestrator import FederatedOrchestrator
 
 
-class FitTimeout(Exception):
-    """A fit did not return within the timeout."""
-
-
 def _with_timeout(fn: Callable[[], Any], timeout_s: float) -> Any:
-    """Run ``fn`` in a daemon thread; raise :class:`FitTimeout` if it has not returned in time."""
+    """Run ``fn`` in a daemon thread; raise :class:`~fedaux.federated.errors.ClientTimeout` if it has not returned in time."""
     outcome: dict[str, Any] = {}
 
     def work() -> None:
@@ -33,7 +30,7 @@ def _with_timeout(fn: Callable[[], Any], timeout_s: float) -> Any:
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        raise FitTimeout(timeout_reason(timeout_s))
+        raise ClientTimeout(timeout_reason(timeout_s))
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
@@ -59,7 +56,7 @@ class SequentialEngine(LocalEngine):
             server.client_started(rnd, client)
             try:
                 fit = self._fit(server, client, rnd)
-            except FitTimeout as err:
+            except ClientTimeout as err:
                 yield client, str(err)
                 continue
             except Exception as err:  # a failing base station must not end the federation

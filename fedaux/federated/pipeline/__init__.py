@@ -54,11 +54,9 @@ class UpdatePipeline:
         for stage in stages:
             check_stage_class(type(stage), f"stage {stage!r}")
         self.stages = sorted(stages, key=lambda s: STAGE_SLOTS.index(s.slot))  # stable: keeps order within a slot
-        keys = [s.state_key for s in self.stages if s.state_key]
         self._tiers: dict[str, list[UpdateStage]] = {}
         for stage in self.stages:
             self._tiers.setdefault(stage.slot, []).append(stage)
-        self.state_keys = sorted(set(keys))
 
     def slot(self, name: str) -> list[UpdateStage]:
         """The stages of one slot, in order."""
