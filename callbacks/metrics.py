@@ -30,7 +30,8 @@ class MetricsWriter(RoundCallback):
     * ``metrics.jsonl``: one JSON object per round, flushed as each round ends, holding every key
       the callbacks added (``round``, ``val/acc/<task>``, ``val/f1/<task>``, ``train/global_loss``,
       ``comm/...``, ``time/...``);
-    * ``summary.json``: final and best accuracy, rounds / MB / seconds to the target accuracy, totals;
+    * ``summary.json``: final and best accuracy, rounds / MB / seconds to the target accuracy, totals,
+      flows left out (``dropped_flows``: shorter than ``data.min_packets``; ``skipped_files``);
     * ``model.pt``: the final global state dict (``torch.load(..., weights_only=True)`` reads it);
     * ``accuracy.png``: main accuracy against rounds and against MB sent.
     """
@@ -55,6 +56,9 @@ class MetricsWriter(RoundCallback):
     @override
     def add_to_summary(self, orchestrator, summary: dict[str, Any]) -> None:
         summary["packet_length"] = orchestrator.data.flows.packet_length
+        # Flows the data left out: shorter than data.min_packets, and bad files skipped (on_bad_flow: skip).
+        summary["dropped_flows"] = len(orchestrator.data.dropped_flows)
+        summary["skipped_files"] = len(orchestrator.data.skipped_files)
         last = orchestrator.history[-1] if orchestrator.history else {}
         summary["final_flow_accuracy"] = last.get(f"val/flow_acc/{self.main_task}")
         # fedaux-predict --min-confidence: 95% of the correctly classified held-out flows reach it.

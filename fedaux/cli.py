@@ -64,6 +64,7 @@ def data_main(argv: Sequence[str] | None = None) -> int:
 def _build(args: argparse.Namespace, overrides: list[str]) -> int:
     from dataclasses import replace
 
+    from fedaux.data.features import short_flows_note
     from fedaux.data.sources import load_flows
 
     cfg = load_config(args.config, [f"data.on_bad_flow={args.on_bad_flow}", f"data.format={args.format}", *overrides])
@@ -77,10 +78,14 @@ def _build(args: argparse.Namespace, overrides: list[str]) -> int:
         f"wrote {args.out}: {flows.num_flows} flows, {len(flows.class_names)} classes, {flows.num_packets:,} packets "
         f"({flows.packet_length} lengths), {size_mb:.2f} MB, skipped {len(skipped)} bad flow(s)\nchecksum {checksum}"
     )
+    short = short_flows_note(flows, int(cfg.data.min_packets))
+    if short:
+        print(f"{short}: the store keeps them, training leaves them out (set data.min_packets lower to keep them)")
     return 0
 
 
 def _info(data: str | None, config: str | None, on_bad_flow: str, format: str, overrides: list[str]) -> int:
+    from fedaux.data.features import short_flows_note
     from fedaux.data.sources import load_flows
     from fedaux.data.targets import compute_targets
 
@@ -88,17 +93,22 @@ def _info(data: str | None, config: str | None, on_bad_flow: str, format: str, o
     cfg = load_config(config, [*extra, *overrides])
     flows, skipped = load_flows(data if data is not None else cfg.data.root, cfg.data)
     counts = flows.packet_counts()
+    min_packets = int(cfg.data.min_packets)
     print(f"source: {data or cfg.data.root or 'embedded store'} ({flows.provenance or 'no provenance recorded'})")
     print(f"checksum: {flows.checksum()}")
     groups = len(set(flows.flow_groups)) if flows.flow_groups else flows.num_flows
     print(f"{flows.num_flows} flows, {len(flows.class_names)} classes, {flows.num_packets:,} packets"
           f" ({flows.packet_length} lengths), {groups} capture group(s)"
           + (f", {len(skipped)} bad flow(s) skipped" if skipped else ""))
-    print(f"\n{'class':<16}{'flows':>7}{'packets':>11}")
+    short = short_flows_note(flows, min_packets)
+    if short:
+        print(f"{short}: training leaves them out (set data.min_packets lower to keep them)")
+    print(f"\n{'class':<16}{'flows':>7}{'packets':>11}{f'< {min_packets} packets':>16}")
     for label, name in enumerate(flows.class_names):
         mine = flows.labels == label
-        print(f"{name:<16}{int(mine.sum()):>7}{int(counts[mine].sum()):>11,}")
-    targets = compute_targets({n: dict(s) for n, s in cfg.data.targets.items()}, flows)
+        print(f"{name:<16}{int(mine.sum()):>7}{int(counts[mine].sum()):>11,}{int((counts[mine] < min_packets).sum()):>16}")
+    specs = {n: dict(s) for n, s in cfg.data.targets.items()}
+    targets = compute_targets(specs, flows)
     for name, target in targets.items():
         print(f"\ntarget {name} ({cfg.data.targets[name].fn})")
         if target.is_classification:
@@ -108,7 +118,44 @@ def _info(data: str | None, config: str | None, on_bad_flow: str, format: str, o
         else:
             v = target.values
             print(f"  min {v.min():.4g}  median {np.median(v):.4g}  max {v.max():.4g}")
+    print("\n" + _quantile_bins_snippet(specs, flows, counts >= min_packets, min_packets))
     return 0
+
+
+def _quantile_bins_snippet(specs: dict[str, dict], flows, kept: np.ndarray, min_packets: int) -> str:
+    """Bins at the quantiles of every derived target, as YAML to paste under the config's ``data:``.
+
+    A binned target keeps its number of classes (3 classes: terciles, 4: quartiles); a regression
+    target gets quartiles, commented out, since binning it makes its head a classifier. The
+    quantiles are over the flows training keeps (``kept``), or every flow when none is kept.
+    """
+    from fedaux.data.targets import quantile_bins, raw_target_values, resolve_target_fn, traffic_class
+
+    names = {2: "medians", 3: "terciles", 4: "quartiles", 5: "quintiles", 10: "deciles"}
+    pool = kept if kept.any() else np.ones_like(kept)
+    lines = []
+    for name, spec in specs.items():
+        fn_spec = spec.get("fn") or name
+        if resolve_target_fn(fn_spec, key=f"data.targets.{name}.fn") is traffic_class:
+            continue
+        values = raw_target_values(name, fn_spec, flows)[pool]
+        classes = len(spec["bins"]) + 1 if spec.get("bins") else 4
+        edges = quantile_bins(values, classes)
+        sizes = np.bincount(np.digitize(values, edges), minlength=len(edges) + 1).tolist()
+        bins = "[" + ", ".join(np.format_float_positional(e, trim="-") for e in edges) + "]"
+        what = names.get(classes, f"{classes}-quantiles")
+        note = f"# {what}: {len(edges) + 1} classes of {', '.join(map(str, sizes))} flows"
+        if len(edges) + 1 < classes:
+            note += f" (tied values leave fewer than {classes})"
+        entry = f"{name}: {{fn: {fn_spec}, bins: {bins}}}"
+        if not spec.get("bins"):
+            entry, note = f"# {entry}", note + "; uncomment to make this regression target a classification one"
+        lines.append(f"    {entry}   {note}")
+    if not lines:
+        return "no derived target to bin"
+    scope = (f"the {int(pool.sum()):,} flows with at least data.min_packets={min_packets} packets" if kept.any()
+             else f"all {len(pool):,} flows")
+    return "\n".join([f"quantile bins over {scope}, to paste into the config:", "data:", "  targets:", *lines])
 
 
 def main_data() -> None:

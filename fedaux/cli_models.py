@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedaux.cli import _guarded
-from fedaux.errors import ConfigError
+from fedaux.errors import ConfigError, DataError
 
 
 def _source_flows(source: str, spec: dict[str, Any], data_cfg, convert: bool):
@@ -140,7 +140,13 @@ def _labelled_source(run, spec, source: str, data_cfg, convert: bool):
     from fedaux.inference import flow_windows
 
     flows = _source_flows(source, spec, data_cfg, convert)
-    x, flow_index, _ = flow_windows(flows, spec["features"], spec["packets"], spec["windowing"])
+    x, flow_index, short = flow_windows(flows, spec["features"], spec["packets"], spec["windowing"])
+    if short:
+        print(f"{len(short)} of {flows.num_flows} flows have fewer than the run's data.min_packets="
+              f"{spec['windowing']['min_packets']} packets: left out of the scores", file=sys.stderr)
+    if len(x) == 0:
+        raise DataError(f"{source}: no flow has the {spec['windowing']['min_packets']} packets (data.min_packets) "
+                        "the run cuts windows from; nothing to score")
     kept, flow_index = np.unique(flow_index, return_inverse=True)
     targets = compute_targets({n: dict(s) for n, s in run.cfg.data.targets.items()}, flows)
     labels, unknown = {}, {}

@@ -146,8 +146,6 @@ def run(cfg: DictConfig, *, data: FederatedData | None = None, callbacks: Sequen
         _truncate_metrics(run_dir / "metrics.jsonl", orchestrator.completed_rounds)
     summary = orchestrator.run()
     summary["run_dir"] = str(run_dir)
-    summary["dropped_flows"] = len(orchestrator.data.dropped_flows)
-    summary["skipped_files"] = len(orchestrator.data.skipped_files)
     return RunResult(run_dir, orchestrator.history, summary, orchestrator)
 
 

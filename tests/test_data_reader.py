@@ -87,13 +87,15 @@ def test_small_capture_reordering_is_kept(tmp_path):
     assert len(flow.times) == 6
 
 
-def test_empty_and_zero_duration_files(tmp_path):
+def test_empty_files_are_refused_and_zero_duration_flows_read(tmp_path):
     empty = write_flow(tmp_path / "empty.txt", [""])
     with pytest.raises(FlowFormatError, match=r"empty\.txt: empty flow file"):
         parse_flow_file(empty)
+    # One packet, or packets sharing one time: a valid flow lasting 0 s (its targets are defined).
     still = write_flow(tmp_path / "still.txt", ["1500000000.0\t0\t100\t1", "1500000000.0\t0\t80\t0"])
-    with pytest.raises(FlowFormatError, match=r"still\.txt: zero-duration flow"):
-        parse_flow_file(still)
+    assert parse_flow_file(still).times.tolist() == [0.0, 0.0]
+    single = write_flow(tmp_path / "single.txt", ["1500000000.0\t0\t100\t1"])
+    assert parse_flow_file(single).lengths.tolist() == [100]
 
 
 def test_folder_errors(tmp_path, raw_folder):

@@ -3,15 +3,19 @@
 Each flow object holds ``timestamp`` (seconds from the flow's first packet), ``direction_length``
 (IP length, positive client -> server, negative server -> client), ``label`` (an int) and
 optionally ``source_file`` (the per-connection capture it was cut from). ``data.root`` may name one
-such file or a folder of them; a ``labels.json`` beside them (``{"Benign": 0, ...}``) names the
-classes. Lengths are IP lengths, and the store says so (``packet_length: ip``). Flows cut from one
-original capture (``source_file``'s capture folder) form one group, kept on one side of the
-train/test split.
+such file, a folder of them, or a folder whose sub-folders hold them: CertTA's own layout,
+``<dataset>/json/{test,valid}.json`` with ``<dataset>/labels.json``, is read from ``<dataset>/``
+or from ``json/``. A ``labels.json`` (``{"Benign": 0, ...}``) beside the flow files or one folder
+above them names the classes; without one the classes are ``class-<n>`` and a warning says where
+it was looked for. Lengths are IP lengths, and the store says so (``packet_length: ip``). Flows cut
+from one original capture (``source_file``'s capture folder) form one group, kept on one side of
+the train/test split.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +25,21 @@ from fedaux.data.flows import FlowCollection
 from fedaux.data.formats import FLOW_READERS, FlowReader
 from fedaux.data.reader import FlowFormatError, ParsedFlow
 
+log = logging.getLogger(__name__)
+
 LABELS_FILE = "labels.json"
 _SNIFF_BYTES = 4096
 
 
 def looks_like_certta(path: Path) -> bool:
-    """A JSON file whose text starts a list of objects with ``direction_length``, or a folder of them."""
+    """A JSON file whose text starts a list of objects with ``direction_length``, a folder of them,
+    or a folder whose sub-folders hold them."""
     if path.is_dir():
-        return any(looks_like_certta(p) for p in sorted(path.glob("*.json")))
+        return any(_flow_files_in(folder) for folder in (path, *_sub_folders(path)))
+    return _is_flow_file(path)
+
+
+def _is_flow_file(path: Path) -> bool:
     try:
         with open(path, "rb") as handle:
             head = handle.read(_SNIFF_BYTES)
@@ -81,42 +92,75 @@ def _flow(raw: Any, where: str) -> tuple[ParsedFlow, int, str | None]:
     return flow, label, source if isinstance(source, str) else None
 
 
+def _sub_folders(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _flow_files_in(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.glob("*.json")) if p.name != LABELS_FILE and _is_flow_file(p)]
+
+
 def _flow_files(root: Path) -> list[Path]:
+    """``root`` itself, the flow files in ``root``, or (none there) those in its sub-folders."""
     if root.is_file():
         return [root]
-    files = [p for p in sorted(root.glob("*.json")) if p.name != LABELS_FILE and looks_like_certta(p)]
+    files = _flow_files_in(root) or [f for folder in _sub_folders(root) for f in _flow_files_in(folder)]
     if not files:
-        raise FlowFormatError(f"{root}: no CertTA flow files (*.json lists of flows with direction_length)")
+        raise FlowFormatError(f"{root}: no CertTA flow files (*.json lists of flows with direction_length) in it "
+                              "or in its sub-folders")
     return files
 
 
-def _class_names(root: Path, labels: set[int]) -> list[str]:
-    names_file = (root if root.is_dir() else root.parent) / LABELS_FILE
-    if names_file.is_file():
-        try:
-            mapping = json.loads(names_file.read_text())
-            by_index = {int(index): str(name) for name, index in mapping.items()}
-        except (ValueError, AttributeError, TypeError) as err:
-            raise FlowFormatError(f"{names_file}: expected a JSON object {{class name: label index}} ({err})") from None
-        unnamed = sorted(labels - set(by_index))
-        if unnamed:
-            raise FlowFormatError(f"{names_file}: no name for label(s) {unnamed}")
-        return [by_index[i] for i in range(max(by_index) + 1)]
-    return [f"class-{i}" for i in range(max(labels) + 1)]
+def _labels_file(files: list[Path]) -> tuple[Path | None, list[Path]]:
+    """The ``labels.json`` beside the flow files or one folder above them, and every place looked at."""
+    looked: list[Path] = []
+    for folder in dict.fromkeys(f.parent for f in files):
+        for candidate in (folder / LABELS_FILE, folder.parent / LABELS_FILE):
+            if candidate not in looked:
+                looked.append(candidate)
+    return next((p for p in looked if p.is_file()), None), looked
+
+
+def _class_names(files: list[Path], labels: set[int]) -> list[str]:
+    names_file, looked = _labels_file(files)
+    if names_file is None:
+        log.warning("no %s beside the CertTA flow files or one folder above them (looked for %s): classes are "
+                    "named class-0 .. class-%d", LABELS_FILE, ", ".join(str(p) for p in looked), max(labels))
+        return [f"class-{i}" for i in range(max(labels) + 1)]
+    try:
+        mapping = json.loads(names_file.read_text())
+        by_index = {int(index): str(name) for name, index in mapping.items()}
+    except (ValueError, AttributeError, TypeError) as err:
+        raise FlowFormatError(f"{names_file}: expected a JSON object {{class name: label index}} ({err})") from None
+    unnamed = sorted(labels - set(by_index))
+    if unnamed:
+        raise FlowFormatError(f"{names_file}: no name for label(s) {unnamed}")
+    gaps = sorted(set(range(max(by_index) + 1)) - set(by_index))
+    if gaps or len(by_index) != len(mapping):
+        raise FlowFormatError(f"{names_file}: label indices must be 0, 1, ... with one name each; "
+                              + (f"no name for {gaps}" if gaps else "two names share an index"))
+    return [by_index[i] for i in range(len(by_index))]
 
 
 def read_certta(root: str | Path, on_bad_flow: str = "error") -> tuple[FlowCollection, list[str]]:
     """Read CertTA JSON flows from a file or folder.
 
-    Returns the flows (classes named by ``labels.json`` where present, else ``class-<n>``) and
-    the messages of bad flows skipped under ``on_bad_flow: skip``.
+    Returns the flows (classes named by ``labels.json`` where present, else ``class-<n>`` with a
+    warning) and the messages of bad flows skipped under ``on_bad_flow: skip``.
 
     Raises:
         FlowFormatError: naming the file (and flow, and packet) that is malformed.
     """
     root = Path(root)
+    files = _flow_files(root)
+    # A flow's name is "<file>#<index>", with the file's sub-folder when the files lie in several.
+    several = len({f.parent for f in files}) > 1
     flows, labels, names, groups, skipped = [], [], [], [], []
-    for file in _flow_files(root):
+    for file in files:
+        file_name = file.relative_to(root).as_posix() if several else file.name
         try:
             records = json.loads(file.read_text())
         except json.JSONDecodeError as err:
@@ -136,12 +180,12 @@ def read_certta(root: str | Path, on_bad_flow: str = "error") -> tuple[FlowColle
                 continue
             flows.append(flow)
             labels.append(label)
-            names.append(f"{file.name}#{i}")
-            groups.append(capture_of(source) if source else f"{file.name}#{i}")
+            names.append(f"{file_name}#{i}")
+            groups.append(capture_of(source) if source else f"{file_name}#{i}")
     if not flows:
         raise FlowFormatError(f"{root}: no valid flows ({len(skipped)} skipped as bad)")
     collection = FlowCollection.from_parsed(
-        flows, labels=labels, flow_names=names, class_names=_class_names(root, set(labels)),
+        flows, labels=labels, flow_names=names, class_names=_class_names(files, set(labels)),
         provenance=f"CertTA JSON flows from '{root.name}'", packet_length="ip", flow_groups=groups,
     )
     return collection, skipped

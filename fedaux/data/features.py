@@ -79,6 +79,29 @@ def packet_features(flows: FlowCollection, names: Sequence[str] = DEFAULT_FEATUR
     return np.stack([PACKET_FEATURES.get(n)(flows) for n in names]).astype(np.float32)
 
 
+def short_flows_note(flows: FlowCollection, min_packets: int) -> str:
+    """How many flows have fewer than ``min_packets`` packets (no window is cut from them), per
+    class; ``""`` when none has.
+
+    Example:
+        >>> from fedaux.data.reader import ParsedFlow
+        >>> one = ParsedFlow(0.0, np.zeros(1), np.array([60]), np.ones(1, np.uint8))
+        >>> ten = ParsedFlow(0.0, np.arange(10.0), np.full(10, 60), np.ones(10, np.uint8))
+        >>> flows = FlowCollection.from_parsed([one, ten, one], [0, 0, 1], ["a/1", "a/2", "b/1"], ["a", "b"])
+        >>> short_flows_note(flows, 10)
+        '2 of 3 flows have fewer than data.min_packets=10 packets (a: 1, b: 1; no flow of b is left)'
+    """
+    short = flows.packet_counts() < min_packets
+    if not short.any():
+        return ""
+    per_class = np.bincount(flows.labels[short], minlength=len(flows.class_names))
+    totals = np.bincount(flows.labels, minlength=len(flows.class_names))
+    counts = ", ".join(f"{name}: {int(n)}" for name, n in zip(flows.class_names, per_class) if n)
+    emptied = [name for name, n, total in zip(flows.class_names, per_class, totals) if total and n == total]
+    return (f"{int(short.sum())} of {flows.num_flows} flows have fewer than data.min_packets={min_packets} packets "
+            f"({counts}" + (f"; no flow of {', '.join(emptied)} is left" if emptied else "") + ")")
+
+
 @dataclass(frozen=True)
 class Windows:
     """Samples cut from flows.

@@ -7,7 +7,7 @@ inform both training and testing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +26,20 @@ PARTITION_SCHEMES: Registry[PartitionScheme] = Registry("partition scheme", "dat
 
 
 def split_test_flows(labels: np.ndarray, test_fraction: float, rng: np.random.Generator,
-                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     groups: np.ndarray | None = None,
+                     class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of flow indices into ``(train, test)``, whole groups at a time.
 
     Each class gives about ``round(test_fraction * n_c)`` flows (at least one when
     ``test_fraction > 0`` and the class has two or more groups) to the test set. ``groups``
     ``(F,)`` names the capture each flow came from: a group goes wholly to one side, so no capture
     leaks from training into testing; a group belongs to the class of its first flow. Without
-    groups every flow is its own group.
+    groups every flow is its own group. ``class_names`` name the labels in messages.
+
+    Raises:
+        ConfigError: with ``test_fraction > 0``, a class whose several flows all come from one
+            group would have no test flow; the message names the classes and the fix
+            (``data.split_by=flow``). A class of a single flow trains only, with a warning.
     """
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"data.test_fraction={test_fraction} must be in [0, 1)")
@@ -44,7 +50,10 @@ def split_test_flows(labels: np.ndarray, test_fraction: float, rng: np.random.Ge
     ends = np.cumsum(np.bincount(group_of, minlength=len(first)))
     starts = ends - np.bincount(group_of, minlength=len(first))
     in_flow_order = np.argsort(first, kind="stable")  # groups in order of their first flow
-    train, test = [], []
+    def name(label: int) -> str:
+        return repr(class_names[label]) if class_names is not None else str(label)
+
+    train, test, one_group = [], [], []
     for label in np.unique(labels):
         class_groups = rng.permutation(in_flow_order[labels[first[in_flow_order]] == label])
         flows = [by_group[starts[g]:ends[g]] for g in class_groups]
@@ -56,11 +65,19 @@ def split_test_flows(labels: np.ndarray, test_fraction: float, rng: np.random.Ge
         # when a share is due, always leaving one group for training.
         k = int(np.argmin(np.abs(np.cumsum(sizes) - n_test))) + 1 if n_test > 0 else 0
         k = min(k, len(flows) - 1) if len(flows) > 1 else 0
-        if test_fraction > 0 and len(flows) == 1 and len(flows[0]) > 1:
-            log.warning("class %s: all %d flows come from one capture, so none is held out for testing; "
-                        "set data.split_by=flow to split them flow by flow", int(label), len(flows[0]))
+        if test_fraction > 0 and len(flows) == 1:
+            if len(flows[0]) > 1:
+                one_group.append(f"{name(int(label))} (all {len(flows[0])} flows from one capture)")
+            else:
+                log.warning("class %s has a single flow: it is used for training only, none is held out for "
+                            "testing", name(int(label)))
         test.append(np.concatenate(flows[:k]) if k else np.zeros(0, np.int64))
         train.append(np.concatenate(flows[k:]))
+    if one_group:
+        raise ConfigError(
+            f"data.split_by=group would leave class(es) {', '.join(one_group)} without test flows: a capture "
+            f"stays whole on one side of the split (data.test_fraction={test_fraction}). Set data.split_by=flow "
+            "to split their flows one by one, or add captures of these classes")
     return np.sort(np.concatenate(train)).astype(np.int64), np.sort(np.concatenate(test)).astype(np.int64)
 
 

@@ -63,7 +63,8 @@ def parse_flow_file(path: str | Path) -> ParsedFlow:
     Raises:
         FlowFormatError: naming the file and line for a wrong column count, a token that is not a
             finite number, a negative or fractional length, a direction other than 0/1, time going
-            backwards, an empty file, or a flow of zero duration.
+            backwards, or an empty file. A flow of one packet, or of packets sharing one time, is a
+            valid flow of duration 0 (see :func:`fedaux.data.targets.bandwidth`).
     """
     path = Path(path)
     try:
@@ -85,15 +86,9 @@ def parse_flow_file(path: str | Path) -> ParsedFlow:
         _raise_first_bad_token(path, raw)
     _check_values(path, raw, values)
 
-    times = values[:, 1]
-    if times[-1] - times[0] <= 0:
-        raise FlowFormatError(
-            f"{path}: zero-duration flow ({len(times)} packet(s), all at relative time {times[0]:g} s); "
-            "bandwidth and duration targets need a flow that lasts longer than 0 s"
-        )
     return ParsedFlow(
         unix_start=float(values[0, 0]),
-        times=times.copy(),
+        times=values[:, 1].copy(),
         lengths=values[:, 2].astype(np.int64),
         directions=values[:, 3].astype(np.uint8),
     )

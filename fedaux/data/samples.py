@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from fedaux.data.features import cut_windows, packet_features
+from fedaux.data.features import cut_windows, packet_features, short_flows_note
 from fedaux.data.flows import FlowCollection
 from fedaux.data.partition import Partition, mask_labels, partition_flows, split_test_flows
 from fedaux.data.sources import load_flows
 from fedaux.data.targets import TargetValues, compute_targets
-from fedaux.errors import ConfigError
+from fedaux.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 # Independent random streams, so changing how one step draws never shifts another's draws.
 _STREAM = {"split": 1, "partition": 2, "windows_test": 3, "windows_train": 4, "labels": 5}
@@ -117,11 +120,23 @@ def local_client_samples(data_cfg, seed: int, client: int, class_names: Sequence
     station's index.
     """
     flows, _ = load_flows(data_cfg.root, data_cfg)
+    _report_short_flows(flows, data_cfg.min_packets)
     flows = flows.with_class_list(class_names)
     targets = compute_targets({name: dict(spec) for name, spec in data_cfg.targets.items()}, flows)
     samples, _ = make_samples(flows, np.arange(flows.num_flows), targets, data_cfg,
                               stream(seed, "windows_train", client), data_cfg.labeled_fraction, main_target)
     return samples
+
+
+def _report_short_flows(flows: FlowCollection, min_packets: int) -> None:
+    """Say how many flows are too short to cut a window from; refuse data where no flow is long enough."""
+    note = short_flows_note(flows, min_packets)
+    if not note:
+        return
+    if (flows.packet_counts() < min_packets).all():
+        raise DataError(f"{note}: nothing is left to train on; set data.min_packets={int(flows.packet_counts().max())} "
+                        "or lower to keep them")
+    log.warning("%s: they are left out of training and testing (data.min_packets sets the minimum)", note)
 
 
 def build_federated_data(
@@ -136,12 +151,14 @@ def build_federated_data(
     ``data_cfg`` is the ``data`` section of the experiment config (see ``fedaux.config``).
     """
     flows, skipped = load_flows(data_cfg.root, data_cfg)
+    _report_short_flows(flows, data_cfg.min_packets)
     targets = compute_targets({name: dict(spec) for name, spec in data_cfg.targets.items()}, flows)
     if main_target not in targets:
         raise ConfigError(f"main task target {main_target!r} is not in data.targets; defined: {sorted(targets)}")
 
     train_flows, test_flows = split_test_flows(flows.labels, data_cfg.test_fraction, stream(seed, "split"),
-                                               groups=flows.group_index() if data_cfg.split_by == "group" else None)
+                                               groups=flows.group_index() if data_cfg.split_by == "group" else None,
+                                               class_names=flows.class_names)
     part = data_cfg.partition
     partition = partition_flows(
         train_flows,

@@ -8,6 +8,8 @@ format is one module that registers a :class:`FlowReader`.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +80,7 @@ def detect_format(path: Path) -> str:
     Raises:
         DataError: nothing is at ``path``, or no reader recognises it (the message lists the formats).
     """
-    if not path.exists():
-        raise DataError(f"{path}: raw data folder not found (nothing at this path); a flow source is a folder or "
-                        f"file in one of the formats {FLOW_READERS.names()}")
+    check_exists(path)
     for name, reader in readers_by_priority():
         if reader.detect(path):
             return name
@@ -88,6 +88,34 @@ def detect_format(path: Path) -> str:
     seen = "a folder" if path.is_dir() else f"a file starting with bytes {_head(path).hex(' ') or '(none: it is empty)'}"
     raise DataError(f"{path}: not a readable fedaux flow store or other recognised flow source ({seen}); "
                     f"set data.format to force a reader. Formats: {known}")
+
+
+def check_exists(path: Path) -> None:
+    """Raises DataError when nothing can be read at ``path``: nothing there, a symlink loop on the
+    way, or a symlink to nothing (each named)."""
+    try:
+        os.stat(path)
+        return
+    except OSError as err:
+        problem = err
+    formats = f"a flow source is a folder or file in one of the formats {FLOW_READERS.names()}"
+    if problem.errno == errno.ELOOP:
+        loop = next((p for p in (*reversed(path.parents), path) if _is_loop(p)), path)
+        what = "a symlink loop" if loop == path else f"{loop}, on the way to it, is a symlink loop"
+        raise DataError(f"{path}: {what} (links that lead back to themselves, so no folder or file is there); {formats}")
+    if path.is_symlink():
+        raise DataError(f"{path}: a symlink to {os.readlink(path)}, where there is nothing; {formats}")
+    if problem.errno in (errno.ENOENT, errno.ENOTDIR):
+        raise DataError(f"{path}: raw data folder not found (nothing at this path); {formats}")
+    raise DataError(f"{path}: cannot be read ({problem.strerror}); {formats}")
+
+
+def _is_loop(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    return False
 
 
 def _head(path: Path, size: int = 8) -> bytes:
@@ -119,5 +147,6 @@ def load_flows(root: str | Path | None, data_cfg: Any = None) -> tuple[FlowColle
 
         data_cfg = OmegaConf.structured(DataConfig)
     path = Path(root)
+    check_exists(path)
     name = detect_format(path) if data_cfg.format == AUTO else data_cfg.format
     return FLOW_READERS.get(name).read(path, data_cfg)

@@ -23,6 +23,9 @@ from fedaux.errors import ConfigError, DataError
 from fedaux.registry import Registry
 
 TargetFn = Callable[[FlowView], float]
+# The stores' time resolution (times are whole microseconds): the shortest duration a clock
+# reading can tell from zero, and the floor of the duration that bandwidth divides by.
+TIME_RESOLUTION_S = 1e-6
 TARGET_FUNCTIONS: Registry[TargetFn] = Registry("target function", "data.targets.<name>.fn", allow_import_path=True)
 
 
@@ -34,13 +37,29 @@ def traffic_class(flow: FlowView) -> float:
 
 @TARGET_FUNCTIONS.register("bandwidth")
 def bandwidth(flow: FlowView) -> float:
-    """Mean throughput in bytes per second: total bytes over the flow's duration."""
-    return float(flow.lengths.sum()) / _duration(flow)
+    """Mean throughput in bytes per second: ``bytes / max(duration, 1e-6)``.
+
+    The flow's bytes over its :func:`duration`, the duration floored at the store's time resolution
+    (:data:`TIME_RESOLUTION_S`, 1 us). A flow of one packet, or of packets sharing one timestamp,
+    lasts 0 s as far as the clock can tell, so its bandwidth is its bytes over 1 us: as fast as the
+    clock can tell, finite, and above every flow that lasts longer with the same bytes. A flow
+    lasting 1 us or more keeps ``bytes / duration`` exactly.
+
+    Example:
+        >>> one = FlowView(np.zeros(1), np.array([1200]), np.ones(1, np.uint8), 0, "a", "a/f1")
+        >>> duration(one), bandwidth(one)
+        (0.0, 1200000000.0)
+        >>> two = FlowView(np.array([0.0, 0.5]), np.array([1000, 500]), np.ones(2, np.uint8), 0, "a", "a/f2")
+        >>> bandwidth(two)
+        3000.0
+    """
+    return float(flow.lengths.sum()) / max(_duration(flow), TIME_RESOLUTION_S)
 
 
 @TARGET_FUNCTIONS.register("duration")
 def duration(flow: FlowView) -> float:
-    """Seconds from the first to the last packet."""
+    """Seconds from the first to the last packet: 0.0 for a flow of one packet or of packets sharing
+    one timestamp (and for a last packet recorded before the first, a capture reordering)."""
     return _duration(flow)
 
 
@@ -68,7 +87,7 @@ def random_uniform(flow: FlowView) -> float:
 
 
 def _duration(flow: FlowView) -> float:
-    return float(flow.times[-1] - flow.times[0])
+    return max(float(flow.times[-1] - flow.times[0]), 0.0)
 
 
 def resolve_target_fn(spec: str, key: str = "fn") -> TargetFn:
@@ -102,13 +121,52 @@ class TargetValues:
         return self.num_classes > 0
 
 
-def compute_target(name: str, fn_spec: str, bins: Sequence[float] | None, flows: FlowCollection) -> TargetValues:
-    """Evaluate one target on every flow and bin it if ``bins`` is given."""
+def raw_target_values(name: str, fn_spec: str, flows: FlowCollection) -> np.ndarray:
+    """``(F,)`` float64: one target function's value for every flow, before any binning.
+
+    Raises:
+        DataError: the function gave NaN or an infinity for a flow (named).
+    """
     fn = resolve_target_fn(fn_spec, key=f"data.targets.{name}.fn")
     raw = np.array([fn(flows.flow(i)) for i in range(flows.num_flows)], dtype=np.float64)
     if not np.isfinite(raw).all():
         bad = flows.flow_names[int(np.flatnonzero(~np.isfinite(raw))[0])]
         raise DataError(f"target {name!r} ({fn_spec}) gave a non-finite value for flow {bad!r}")
+    return raw
+
+
+def quantile_bins(values: np.ndarray, classes: int) -> list[float]:
+    """Bin edges that split ``values`` into ``classes`` classes of about equal size (terciles for 3,
+    quartiles for 4), each rounded to the fewest significant digits (3 or more) that keep the edges
+    apart, so they read well in a config.
+
+    Tied values can make quantiles coincide; repeated edges, and an edge at the smallest value (it
+    would leave the first class empty), are dropped, so fewer than ``classes - 1`` edges may come
+    back (none when every value is the same).
+
+    Example:
+        >>> quantile_bins(np.arange(1, 101, dtype=float), 4)
+        [25.8, 50.5, 75.2]
+        >>> quantile_bins(np.array([0.0, 0.0, 0.0, 2.0]), 4)
+        [0.5]
+    """
+    if classes < 2 or len(values) == 0:
+        return []
+    edges = np.unique(np.quantile(np.asarray(values, dtype=np.float64), np.arange(1, classes) / classes))
+    edges = edges[edges > np.min(values)]
+    for digits in range(3, 18):
+        rounded = [float(np.format_float_positional(e, precision=digits, unique=False, fractional=False, trim="-"))
+                   for e in edges]
+        apart = all(b > a for a, b in zip(rounded, rounded[1:]))
+        if apart and (not rounded or np.min(values) < rounded[0] and rounded[-1] <= np.max(values)):
+            return rounded
+    return [float(e) for e in edges]
+
+
+def compute_target(name: str, fn_spec: str, bins: Sequence[float] | None, flows: FlowCollection) -> TargetValues:
+    """Evaluate one target on every flow and bin it if ``bins`` is given."""
+    fn = resolve_target_fn(fn_spec, key=f"data.targets.{name}.fn")
+    raw = raw_target_values(name, fn_spec, flows)
     if fn is traffic_class:
         return TargetValues(name, raw.astype(np.int64), len(flows.class_names), flows.class_names)
     if bins:
