@@ -72,6 +72,7 @@ def test_all_150_text_flows_round_trip_through_captures(shared_raw, tmp_path):
 
 def _scapy_flow_count(path: Path, idle_timeout_s: float = 60.0) -> int:
     """Bidirectional TCP/UDP 5-tuple flows with an idle timeout, counted with scapy (not dpkt)."""
+    import scapy.layers.ppp  # noqa: F401  (registers PPP, link type 9, with scapy's readers)
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.inet6 import IPv6
     from scapy.utils import rdpcap
@@ -94,11 +95,7 @@ def _scapy_flow_count(path: Path, idle_timeout_s: float = 60.0) -> int:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in ZEEK.glob("*.pcap*")) if ZEEK.is_dir() else [])
 def test_every_zeek_capture_is_read_or_refused_clearly(name):
-    path = _needs(ZEEK / name)
-    if name == "handshake.pcap":  # PPP: no link layer fedaux reads
-        with pytest.raises(FlowFormatError, match=r"handshake.pcap: link type 9 is not supported; supported: .*Ethernet"):
-            read_captures(path)
-        return
+    path = _needs(ZEEK / name)  # handshake.pcap is PPP (link type 9)
     flows, _ = read_captures(path)
     assert flows.num_flows == _scapy_flow_count(path)
     assert flows.class_names == (path.stem,) and flows.packet_length == "frame"
@@ -108,7 +105,7 @@ def test_every_zeek_capture_is_read_or_refused_clearly(name):
 
 def test_zeek_counts_are_what_the_files_hold():
     _needs(ZEEK)
-    counts = {p.name: read_captures(p)[0].num_flows for p in ZEEK.glob("*.pcap*") if p.name != "handshake.pcap"}
+    counts = {p.name: read_captures(p)[0].num_flows for p in ZEEK.glob("*.pcap*")}
     assert counts["google-cert-repeat.pcap"] == 8  # the README's "8 TLS-over-TCP flows to Google"
     assert counts["merlinc2_Zeek_example.pcapng"] >= 1  # pcapng
 
@@ -169,10 +166,13 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         frame = dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_ARP, data=dpkt.arp.ARP())
         for i in range(3):
             writer.writepkt(bytes(frame), ts=1.0 + i)
+    user0 = tmp_path / "user0.pcap"  # link type 147: a private link layer, nothing to decode
+    with open(user0, "wb") as handle:
+        dpkt.pcap.Writer(handle, linktype=147).writepkt(b"\x00" * 40, ts=1.0)
     flow = {"timestamp": [0.0, 0.1], "direction_length": [60, -1500], "label": 0}
     return {
         "truncated": (_write(tmp_path / "cut.pcap", good[:5000]), r"cut.pcap: truncated (or damaged )?capture(:| at) packet \d+"),
-        "ppp": (_needs(ZEEK / "handshake.pcap"), "link type 9 is not supported"),
+        "link type": (user0, r"user0.pcap: link type 147 \(user 0\) is not supported; supported: .*1 \(Ethernet\)"),
         "no ip": (arp, r"arp.pcap: no TCP or UDP packets over IP \(3 packets: 3 not IP"),
         "empty class": (tmp_path / "classes", r"classes/empty: class folder has no captures"),
         "malformed json": (_write(tmp_path / "bad.json", '[{"timestamp": [0.0], "direction_length": [1'),
@@ -184,7 +184,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["truncated", "ppp", "no ip", "empty class", "malformed json", "lengths differ",
+@pytest.mark.parametrize("case", ["truncated", "link type", "no ip", "empty class", "malformed json", "lengths differ",
                                   "time back"])
 def test_bad_input_is_one_line_naming_the_file(tmp_path, case):
     inputs = _bad_inputs(tmp_path)
@@ -206,9 +206,9 @@ def test_no_flow_left_after_the_filter_and_skipping_bad_captures(tmp_path):
     root = tmp_path / "classes" / "mixed"
     root.mkdir(parents=True)
     shutil.copy(ZEEK / "google-cert-repeat.pcap", root)
-    shutil.copy(ZEEK / "handshake.pcap", root)
+    (root / "cut.pcap").write_bytes((ZEEK / "handshake.pcap").read_bytes()[:300])
     flows, skipped = read_captures(tmp_path / "classes", on_bad_flow="skip")
-    assert flows.num_flows == 8 and len(skipped) == 1 and "link type 9" in skipped[0]
+    assert flows.num_flows == 8 and len(skipped) == 1 and "cut.pcap: truncated capture" in skipped[0]
 
 
 def test_a_run_records_the_packet_length_quantity(tmp_path):

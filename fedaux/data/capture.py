@@ -1,22 +1,29 @@
-"""Packet captures (pcap, pcapng) as flows, read with dpkt.
+"""Packet captures (pcap, pcapng) as flows.
 
 ``data.root`` may name one capture file (its flows form one class, named after the file) or a folder
 with one sub-folder of captures per class (the class is the folder name, as for text flows). A flow
 is a bidirectional 5-tuple (TCP or UDP, over IPv4 or IPv6); a packet's direction is 1 when it
 travels like the flow's first packet and 0 otherwise; a flow ends after
-``data.capture.idle_timeout_s`` of silence. ``data.capture.filter`` keeps matching flows
-(:mod:`fedaux.data.flow_filter`). Timestamps are kept to the microsecond.
+``data.capture.idle_timeout_s`` of silence. A flow of one packet, or of packets sharing one
+timestamp, is a flow like any other. ``data.capture.filter`` keeps matching flows
+(:mod:`fedaux.data.flow_filter`). Times are exact to the microsecond (rounded half up).
 
-``data.capture.length`` chooses what a packet's length counts: ``frame`` (the link-layer header
-plus the IP packet, as in the UC Davis files; computed from the IP header's length field, so a
-capture cut at a short snap length still gives full lengths), ``ip`` (the IP total length) or
-``payload`` (the TCP or UDP payload). The store records which.
+``data.capture.length`` chooses what a packet's length counts: ``frame`` (the IP packet plus 14
+bytes, an Ethernet header's worth, whatever the capture's real link layer: so Ethernet, Linux
+cooked, Wi-Fi and raw-IP captures give the same numbers for the same packets, and the UC Davis
+files' frame lengths are matched), ``ip`` (the IP total length) or ``payload`` (the TCP or UDP
+payload). Lengths come from the IP header's length field, so a capture cut at a short snap length
+still gives full lengths. The store records which.
 
-Why dpkt: it reads pcap and pcapng and decodes Ethernet (with VLAN tags), Linux cooked capture,
-loopback and raw-IP link layers, IPv4/IPv6 with extension headers, TCP and UDP, in pure Python
-with no system library, and is maintained. NFStream (a C flow meter) is faster but gives packet
-times in milliseconds and per-packet detail for at most the first 255 packets of a flow; scapy
-decodes the same layers several times slower; tshark needs a system package.
+Three layers, one job each: :mod:`fedaux.data.pcap_records` reads the container (pcap or pcapng,
+per-interface link types and clocks, exact times) in chunks; :mod:`fedaux.data.packet_decode`
+decodes link, network and transport headers as numpy columns; this module turns packets into
+flows (:class:`CaptureDecoder` for a stream, :func:`capture_flows` for a file). Why not dpkt,
+scapy or NFStream: dpkt misreads pcapng files whose interfaces differ and builds a Python object
+per packet (4x slower than NFStream); scapy is slower still; NFStream (a C flow meter) keeps
+per-packet times only in milliseconds and only for a flow's first 255 packets. Reading the record
+headers in Python and everything per packet in numpy is faster than NFStream
+(``benchmarks/bench_capture.py``); scapy serves as the independent reader the tests compare with.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import dpkt
 import numpy as np
@@ -34,28 +41,33 @@ import numpy as np
 from fedaux.data.flow_filter import FlowKey, compile_filter
 from fedaux.data.flows import PACKET_LENGTHS, FlowCollection
 from fedaux.data.formats import FLOW_READERS, FlowReader
+from fedaux.data.packet_decode import (
+    LINK_TYPES,
+    NOT_IP,
+    NOT_TCP_UDP,
+    OK,
+    UNDECODABLE,
+    UNKNOWN_LENGTH,
+    decode_batch,
+    link_type_name,
+)
+from fedaux.data.pcap_records import capture_format, read_records
 from fedaux.data.reader import FlowFormatError, _natural_key
 from fedaux.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
-PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
-
-# Link types (LINKTYPE_* of pcap and pcapng) and the bytes their header adds before the IP packet.
-ETHERNET, NULL, RAW, RAW_BSD, RAW_LINKTYPE, LOOP, LINUX_SLL, RAW4, RAW6 = 1, 0, 12, 14, 101, 108, 113, 228, 229
-LINK_NAMES = {ETHERNET: "Ethernet", NULL: "BSD loopback", LOOP: "OpenBSD loopback", LINUX_SLL: "Linux cooked (SLL)",
-              RAW: "raw IP", RAW_BSD: "raw IP", RAW_LINKTYPE: "raw IP", RAW4: "raw IPv4", RAW6: "raw IPv6"}
+ETHERNET = 1
+FRAME_OVERHEAD = 14  # ``frame`` = IP length + an Ethernet header, on every link layer
 
 
 def capture_kind(path: Path) -> str | None:
     """``"pcap"``, ``"pcapng"`` or None, from the file's first four bytes."""
     try:
         with open(path, "rb") as handle:
-            magic = handle.read(4)
+            return capture_format(handle.read(4))
     except OSError:
         return None
-    return "pcap" if magic in PCAP_MAGICS else "pcapng" if magic == PCAPNG_MAGIC else None
 
 
 def _class_captures(folder: Path) -> list[Path]:
@@ -76,163 +88,190 @@ class CaptureReport:
     """What a capture held besides the flows kept: counted, never dropped silently."""
 
     packets: int = 0
-    not_ip: int = 0  # ARP, LLDP, ...
+    not_ip: int = 0  # ARP, LLDP, encrypted Wi-Fi, ...
     not_tcp_udp: int = 0  # ICMP, IPv4 fragments after the first, ...
     undecodable: int = 0  # damaged or truncated headers
+    unknown_length: int = 0  # an IP length field of 0 in a packet not captured whole
     filtered_flows: int = 0
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        unknown = f", {self.unknown_length} of unknown length" if self.unknown_length else ""
         return (f"{self.packets:,} packets: {self.not_ip} not IP, {self.not_tcp_udp} neither TCP nor UDP, "
-                f"{self.undecodable} undecodable; {self.filtered_flows} flow(s) left out by the filter")
+                f"{self.undecodable} undecodable{unknown}; {self.filtered_flows} flow(s) left out by the filter")
+
+    def count(self, status: np.ndarray) -> None:
+        counts = np.bincount(status, minlength=5)
+        self.packets += len(status)
+        self.not_ip += int(counts[NOT_IP])
+        self.not_tcp_udp += int(counts[NOT_TCP_UDP])
+        self.undecodable += int(counts[UNDECODABLE])
+        self.unknown_length += int(counts[UNKNOWN_LENGTH])
 
 
 @dataclass
-class _Packets:
-    """Per-packet columns of one capture, in file order."""
+class PacketColumns:
+    """TCP/UDP packets of one batch, in capture order.
 
-    time_us: list[int] = field(default_factory=list)
-    key: list[int] = field(default_factory=list)  # index into ``keys``
-    forward: list[int] = field(default_factory=list)  # 1: sent by the key's first endpoint
-    length: list[int] = field(default_factory=list)
-    keys: dict[tuple, int] = field(default_factory=dict)  # (proto, family, addr a, port a, addr b, port b), a <= b
+    Attributes:
+        time_us: ``(N,)`` int64 unix microseconds.
+        key: ``(N,)`` int64 index of the packet's 5-tuple in :attr:`CaptureDecoder.keys`.
+        forward: ``(N,)`` uint8, 1 when sent by the 5-tuple's first endpoint.
+        size: ``(N,)`` int64 length in the decoder's ``length`` quantity.
+    """
 
-
-def _open(path: Path, handle) -> Any:
-    kind = capture_kind(path)
-    try:
-        return dpkt.pcapng.Reader(handle) if kind == "pcapng" else dpkt.pcap.Reader(handle)
-    except (ValueError, dpkt.UnpackError, dpkt.NeedData) as err:
-        raise FlowFormatError(f"{path}: not a readable {kind} capture ({err})") from None
+    time_us: np.ndarray
+    key: np.ndarray
+    forward: np.ndarray
+    size: np.ndarray
 
 
-def _ip_layer(linktype: int, buf: bytes) -> tuple[Any, int]:
-    """The IP packet of a frame and the bytes of link-layer header in front of it."""
-    if linktype == ETHERNET:
-        eth = dpkt.ethernet.Ethernet(buf)
-        return eth.data, 14 + 4 * len(getattr(eth, "vlan_tags", ()) or ()) + 4 * len(getattr(eth, "mpls_labels", ()) or ())
-    if linktype == LINUX_SLL:
-        return dpkt.sll.SLL(buf).data, 16
-    if linktype in (NULL, LOOP):
-        return dpkt.loopback.Loopback(buf).data, 4
-    version = buf[0] >> 4 if buf else 0
-    if linktype == RAW6 or version == 6:
-        return dpkt.ip6.IP6(buf), 0
-    return dpkt.ip.IP(buf), 0
+class CaptureDecoder:
+    """Packets of captures as :class:`PacketColumns`, with one table of 5-tuples across batches.
 
+    A 5-tuple is kept as ``(proto, family, a high, a low, a port, b high, b low, b port)`` with its
+    endpoints in order (``a <= b``, comparing address bytes then port): a packet is ``forward``
+    when its sender is ``a``. :meth:`flow_key` gives it as text.
 
-def _read_packets(path: Path, length: str, report: CaptureReport) -> _Packets:
-    packets = _Packets()
-    times, keys_col, forward, lengths, keys = packets.time_us, packets.key, packets.forward, packets.length, packets.keys
-    ip4, ip6, tcp, udp = dpkt.ip.IP, dpkt.ip6.IP6, dpkt.tcp.TCP, dpkt.udp.UDP
-    number = 0
-    with open(path, "rb") as handle:
-        reader = _open(path, handle)
-        linktype = reader.datalink()
-        if linktype not in LINK_NAMES:
-            raise FlowFormatError(
-                f"{path}: link type {linktype} is not supported; supported: "
-                + ", ".join(sorted({f"{name} ({k})" for k, name in LINK_NAMES.items()}))
-            )
-        records: Iterator = iter(reader)
-        last_record, last_size = -1, 0
-        while True:
-            position = handle.tell()
-            try:
-                ts, buf = next(records)
-            except StopIteration:
-                break
-            except (dpkt.NeedData, dpkt.UnpackError, ValueError, OSError) as err:
-                raise FlowFormatError(f"{path}: truncated or damaged capture at packet {number + 1} ({err})") from None
-            number += 1
-            last_record, last_size = position, len(buf)
-            try:
-                ip, link_bytes = _ip_layer(linktype, buf)
-            except (dpkt.UnpackError, dpkt.NeedData, IndexError, ValueError):
-                report.undecodable += 1
-                continue
-            if isinstance(ip, ip4):
-                ip_length, family = ip.len, socket.AF_INET
-            elif isinstance(ip, ip6):
-                ip_length, family = 40 + ip.plen, socket.AF_INET6
-            else:
-                report.not_ip += 1
-                continue
-            segment = ip.data
-            if isinstance(segment, tcp):
-                proto = "tcp"
-            elif isinstance(segment, udp):
-                proto = "udp"
-            else:  # ICMP, IPv4 fragments after the first (no ports), ...
-                report.not_tcp_udp += 1
-                continue
-            if length == "frame":
-                size = link_bytes + ip_length
-            elif length == "ip":
-                size = ip_length
-            else:  # transport payload; behind IPv6 extension headers a TCP payload counts them too
-                header = ip.hl * 4 if family == socket.AF_INET else ip_length - ip.plen
-                size = (segment.ulen - 8) if proto == "udp" else ip_length - header - segment.off * 4
-            a, b = (ip.src, segment.sport), (ip.dst, segment.dport)
-            ends = (proto, family, *a, *b) if a <= b else (proto, family, *b, *a)
-            index = keys.get(ends)
+    Args:
+        length: the quantity of :data:`~fedaux.data.flows.PACKET_LENGTHS` a packet's size counts.
+        report: counts what is not a TCP/UDP packet.
+        vectorised: False decodes every packet one at a time (the reference path the tests compare).
+    """
+
+    def __init__(self, length: str = "frame", report: CaptureReport | None = None, vectorised: bool = True) -> None:
+        if length not in PACKET_LENGTHS:
+            raise ConfigError(f"data.capture.length={length!r} is not valid; choose one of {list(PACKET_LENGTHS)}")
+        self.length, self.vectorised = length, vectorised
+        self.report = report if report is not None else CaptureReport()
+        self.keys: list[tuple[int, ...]] = []
+        self._index: dict[tuple[int, ...], int] = {}
+
+    def packets(self, handle: BinaryIO, name: str) -> Iterator[PacketColumns]:
+        """The TCP/UDP packets of the capture read from ``handle``, batch by batch, as they are read.
+
+        Raises:
+            FlowFormatError: the capture cannot be read, or holds packets of a link type not decoded.
+        """
+        for batch in read_records(handle, name):
+            refused = sorted(set(np.unique(batch.linktype).tolist()) - set(LINK_TYPES))
+            if refused:
+                supported = ", ".join(link_type_name(k) for k in sorted(LINK_TYPES))
+                raise FlowFormatError(f"{name}: link type {link_type_name(refused[0])} is not supported; "
+                                      f"supported: {supported}")
+            decoded = decode_batch(batch, need_tcp_header=self.length == "payload", vectorised=self.vectorised)
+            if self.length == "payload":
+                short = (decoded.status == OK) & (decoded.ip_length < decoded.header_bytes)
+                decoded.status[short] = UNDECODABLE  # headers longer than the packet: damaged
+            self.report.count(decoded.status)
+            rows = np.flatnonzero(decoded.status == OK)
+            if len(rows):
+                yield self._columns(batch.time_us[rows], decoded, rows)
+
+    def _columns(self, time_us: np.ndarray, decoded, rows: np.ndarray) -> PacketColumns:
+        src, dst = decoded.src[rows], decoded.dst[rows]
+        sport, dport = decoded.sport[rows], decoded.dport[rows]
+        forward = (src[:, 0] < dst[:, 0]) | ((src[:, 0] == dst[:, 0]) & (
+            (src[:, 1] < dst[:, 1]) | ((src[:, 1] == dst[:, 1]) & (sport <= dport))))
+        a, pa = np.where(forward[:, None], src, dst), np.where(forward, sport, dport)
+        b, pb = np.where(forward[:, None], dst, src), np.where(forward, dport, sport)
+        kind = decoded.proto[rows].astype(np.uint64) << np.uint64(8) | decoded.family[rows].astype(np.uint64)
+        table = np.column_stack([kind, a, pa.astype(np.uint64), b, pb.astype(np.uint64)])
+        unique, inverse = _unique_rows(table)
+        ids = np.empty(len(unique), dtype=np.int64)
+        for u, row in enumerate(unique.tolist()):
+            ends = (row[0] >> 8, row[0] & 0xFF, *row[1:])
+            index = self._index.get(ends)
             if index is None:
-                index = keys[ends] = len(keys)
-            times.append(round(ts * 1000000))
-            keys_col.append(index)
-            forward.append(1 if a <= b else 0)
-            lengths.append(size)
-        if capture_kind(path) == "pcap" and last_record >= 0:
-            _check_last_record(path, handle, last_record, last_size, number)
-    report.packets += number
-    return packets
+                index = self._index[ends] = len(self.keys)
+                self.keys.append(ends)
+            ids[u] = index
+        ip_length = decoded.ip_length[rows]
+        if self.length == "frame":
+            size = ip_length + FRAME_OVERHEAD
+        elif self.length == "ip":
+            size = ip_length
+        else:
+            size = ip_length - decoded.header_bytes[rows]
+        return PacketColumns(time_us, ids[inverse.reshape(-1)], forward.astype(np.uint8), size)
+
+    def flow_key(self, index: int, first_forward: bool) -> FlowKey:
+        """The 5-tuple ``index`` as text, ``src`` the sender of a flow's first packet."""
+        proto, family, a_high, a_low, pa, b_high, b_low, pb = self.keys[index]
+        a, b = _address(family, a_high, a_low), _address(family, b_high, b_low)
+        src, sport, dst, dport = (a, pa, b, pb) if first_forward else (b, pb, a, pa)
+        return FlowKey("tcp" if proto == 6 else "udp", src, sport, dst, dport)
 
 
-def _check_last_record(path: Path, handle, position: int, size: int, number: int) -> None:
-    """dpkt's pcap reader returns a last packet cut short by a truncated file without a word: compare
-    its bytes with the length its record header promises."""
-    handle.seek(0)
-    little = handle.read(4) in (PCAP_MAGICS[0], PCAP_MAGICS[2])
-    handle.seek(position)
-    header = (dpkt.pcap.LEPktHdr if little else dpkt.pcap.PktHdr)(handle.read(16))
-    if header.caplen != size:
-        raise FlowFormatError(f"{path}: truncated capture: packet {number} has {size} of its {header.caplen} bytes")
+def _unique_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(table, axis=0, return_inverse=True)``, by way of a 64-bit hash of each row:
+    sorting one integer column is ~10x faster than sorting rows. A collision is detected (every
+    row is compared with its hash's first row) and then the rows are sorted after all."""
+    mixed = np.zeros(len(table), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in table.T:  # FNV-style: multiply by an odd constant, add the next column
+            mixed = mixed * np.uint64(0x100000001B3) + column
+            mixed ^= mixed >> np.uint64(29)
+    _, first, inverse = np.unique(mixed, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    if not np.array_equal(table[first][inverse], table):
+        unique, inverse = np.unique(table, axis=0, return_inverse=True)
+        return unique, inverse.reshape(-1)
+    return table[first], inverse
+
+
+def _address(family: int, high: int, low: int) -> str:
+    if family == 4:
+        return socket.inet_ntop(socket.AF_INET, low.to_bytes(4, "big"))
+    return socket.inet_ntop(socket.AF_INET6, (high << 64 | low).to_bytes(16, "big"))
+
+
+def split_flows(time_us: np.ndarray, key: np.ndarray, idle_timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Packets grouped into flows: each 5-tuple's packets in capture order, cut after an idle gap.
+
+    Returns ``order`` (packet indices, flow after flow) and ``bounds`` (``(F + 1,)``: flow ``f``
+    is ``order[bounds[f]:bounds[f + 1]]``), flows in order of their first packet.
+    """
+    order = np.lexsort((np.arange(len(key)), key))
+    k, t = key[order], time_us[order]
+    new_flow = np.ones(len(order), dtype=bool)
+    new_flow[1:] = (k[1:] != k[:-1]) | (np.diff(t) > int(round(idle_timeout_s * 1e6)))
+    starts = np.flatnonzero(new_flow)
+    lengths = np.diff(np.append(starts, len(order)))
+    by_first = np.argsort(order[starts], kind="stable")  # flows in order of their first packet
+    pieces = [order[starts[f]:starts[f] + lengths[f]] for f in by_first]
+    sizes = lengths[by_first]
+    return (np.concatenate(pieces) if pieces else order), np.concatenate(([0], np.cumsum(sizes)))
 
 
 def capture_flows(path: Path, *, idle_timeout_s: float = 60.0, flow_filter: str = "", length: str = "frame",
-                  report: CaptureReport | None = None) -> list[dict[str, Any]]:
+                  report: CaptureReport | None = None, vectorised: bool = True) -> list[dict[str, Any]]:
     """The flows of one capture file, in order of their first packet.
 
     Returns one dict per flow: ``key`` (:class:`~fedaux.data.flow_filter.FlowKey`, ``src`` the
     first packet's sender), ``start_us`` (unix microseconds), ``time_us`` ``(n,)`` int64,
-    ``lengths`` ``(n,)`` int64 and ``directions`` ``(n,)`` uint8.
+    ``lengths`` ``(n,)`` int64 and ``directions`` ``(n,)`` uint8 (1: sent like the first packet).
     """
-    if length not in PACKET_LENGTHS:
-        raise ConfigError(f"data.capture.length={length!r} is not valid; choose one of {list(PACKET_LENGTHS)}")
     keep = compile_filter(flow_filter)
     report = report if report is not None else CaptureReport()
-    packets = _read_packets(path, length, report)
-    if not packets.time_us:
+    decoder = CaptureDecoder(length, report, vectorised)
+    try:
+        with open(path, "rb") as handle:
+            batches = list(decoder.packets(handle, str(path)))
+    except OSError as err:
+        raise FlowFormatError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if not batches:
         raise FlowFormatError(f"{path}: no TCP or UDP packets over IP ({report.summary()})")
-    time_us = np.asarray(packets.time_us, dtype=np.int64)
-    key = np.asarray(packets.key, dtype=np.int64)
-    forward = np.asarray(packets.forward, dtype=np.uint8)
-    sizes = np.asarray(packets.length, dtype=np.int64)
-    # Group each 5-tuple's packets in file order, then cut a new flow after an idle gap.
-    order = np.lexsort((np.arange(len(key)), key))
-    k, t = key[order], time_us[order]
-    new_flow = np.ones(len(order), dtype=bool)
-    new_flow[1:] = (k[1:] != k[:-1]) | (np.diff(t) > int(idle_timeout_s * 1e6))
-    starts = np.flatnonzero(new_flow)
-    bounds = np.append(starts, len(order))
-    by_key = {index: ends for ends, index in packets.keys.items()}
+    time_us = np.concatenate([b.time_us for b in batches])
+    key = np.concatenate([b.key for b in batches])
+    forward = np.concatenate([b.forward for b in batches])
+    sizes = np.concatenate([b.size for b in batches])
+    order, bounds = split_flows(time_us, key, idle_timeout_s)
     flows = []
-    for f in np.argsort(order[starts], kind="stable"):  # flows in order of their first packet in the file
+    for f in range(len(bounds) - 1):
         rows = order[bounds[f]:bounds[f + 1]]
         first_forward = forward[rows[0]]
-        proto, family, a, pa, b, pb = by_key[int(k[bounds[f]])]
-        src, sport, dst, dport = (a, pa, b, pb) if first_forward else (b, pb, a, pa)
-        flow_key = FlowKey(proto, socket.inet_ntop(family, src), sport, socket.inet_ntop(family, dst), dport)
+        flow_key = decoder.flow_key(int(key[rows[0]]), bool(first_forward))
         if not keep(flow_key):
             report.filtered_flows += 1
             continue
