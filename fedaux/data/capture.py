@@ -115,9 +115,9 @@ class PacketColumns:
 
     Attributes:
         time_us: ``(N,)`` int64 unix microseconds.
-        key: ``(N,)`` int64 index of the packet's 5-tuple in :attr:`CaptureDecoder.keys`.
+        key: ``(N,)`` int32 index of the packet's 5-tuple in :attr:`CaptureDecoder.keys`.
         forward: ``(N,)`` uint8, 1 when sent by the 5-tuple's first endpoint.
-        size: ``(N,)`` int64 length in the decoder's ``length`` quantity.
+        size: ``(N,)`` int32 length in the decoder's ``length`` quantity.
     """
 
     time_us: np.ndarray
@@ -193,7 +193,7 @@ class CaptureDecoder:
             size = ip_length
         else:
             size = ip_length - decoded.header_bytes[rows]
-        return PacketColumns(time_us, ids[inverse.reshape(-1)], forward.astype(np.uint8), size)
+        return PacketColumns(time_us, ids[inverse].astype(np.int32), forward.astype(np.uint8), size.astype(np.int32))
 
     def flow_key(self, index: int, first_forward: bool) -> FlowKey:
         """The 5-tuple ``index`` as text, ``src`` the sender of a flow's first packet."""
@@ -232,16 +232,19 @@ def split_flows(time_us: np.ndarray, key: np.ndarray, idle_timeout_s: float) -> 
     Returns ``order`` (packet indices, flow after flow) and ``bounds`` (``(F + 1,)``: flow ``f``
     is ``order[bounds[f]:bounds[f + 1]]``), flows in order of their first packet.
     """
-    order = np.lexsort((np.arange(len(key)), key))
-    k, t = key[order], time_us[order]
-    new_flow = np.ones(len(order), dtype=bool)
+    by_key = np.argsort(key, kind="stable")  # each 5-tuple's packets together, in capture order
+    k, t = key[by_key], time_us[by_key]
+    new_flow = np.ones(len(by_key), dtype=bool)
     new_flow[1:] = (k[1:] != k[:-1]) | (np.diff(t) > int(round(idle_timeout_s * 1e6)))
-    starts = np.flatnonzero(new_flow)
-    lengths = np.diff(np.append(starts, len(order)))
-    by_first = np.argsort(order[starts], kind="stable")  # flows in order of their first packet
-    pieces = [order[starts[f]:starts[f] + lengths[f]] for f in by_first]
-    sizes = lengths[by_first]
-    return (np.concatenate(pieces) if pieces else order), np.concatenate(([0], np.cumsum(sizes)))
+    del k, t
+    flow = np.cumsum(new_flow) - 1  # flow of each packet of ``by_key``
+    first_packet = by_key[new_flow]
+    rank = np.empty(len(first_packet), dtype=np.int64)
+    rank[np.argsort(first_packet, kind="stable")] = np.arange(len(first_packet))
+    order = by_key[np.argsort(rank[flow], kind="stable")]  # flows by their first packet, each in capture order
+    sizes = np.bincount(rank, weights=np.diff(np.append(np.flatnonzero(new_flow), len(by_key))),
+                        minlength=len(rank)).astype(np.int64)
+    return order, np.concatenate(([0], np.cumsum(sizes)))
 
 
 def capture_flows(path: Path, *, idle_timeout_s: float = 60.0, flow_filter: str = "", length: str = "frame",
@@ -250,7 +253,7 @@ def capture_flows(path: Path, *, idle_timeout_s: float = 60.0, flow_filter: str 
 
     Returns one dict per flow: ``key`` (:class:`~fedaux.data.flow_filter.FlowKey`, ``src`` the
     first packet's sender), ``start_us`` (unix microseconds), ``time_us`` ``(n,)`` int64,
-    ``lengths`` ``(n,)`` int64 and ``directions`` ``(n,)`` uint8 (1: sent like the first packet).
+    ``lengths`` ``(n,)`` int32 and ``directions`` ``(n,)`` uint8 (1: sent like the first packet).
     """
     keep = compile_filter(flow_filter)
     report = report if report is not None else CaptureReport()
@@ -266,17 +269,21 @@ def capture_flows(path: Path, *, idle_timeout_s: float = 60.0, flow_filter: str 
     key = np.concatenate([b.key for b in batches])
     forward = np.concatenate([b.forward for b in batches])
     sizes = np.concatenate([b.size for b in batches])
+    del batches
     order, bounds = split_flows(time_us, key, idle_timeout_s)
+    # Every column in flow order once; each flow's arrays are views of these.
+    time_us, key, forward, sizes = time_us[order], key[order], forward[order], sizes[order]
+    del order
+    first = bounds[:-1]
+    directions = (forward == np.repeat(forward[first], np.diff(bounds))).astype(np.uint8)
     flows = []
-    for f in range(len(bounds) - 1):
-        rows = order[bounds[f]:bounds[f + 1]]
-        first_forward = forward[rows[0]]
-        flow_key = decoder.flow_key(int(key[rows[0]]), bool(first_forward))
+    for lo, hi in zip(first.tolist(), bounds[1:].tolist()):
+        flow_key = decoder.flow_key(int(key[lo]), bool(forward[lo]))
         if not keep(flow_key):
             report.filtered_flows += 1
             continue
-        flows.append({"key": flow_key, "start_us": int(time_us[rows[0]]), "time_us": time_us[rows],
-                      "lengths": sizes[rows], "directions": (forward[rows] == first_forward).astype(np.uint8)})
+        flows.append({"key": flow_key, "start_us": int(time_us[lo]), "time_us": time_us[lo:hi],
+                      "lengths": sizes[lo:hi], "directions": directions[lo:hi]})
     return flows
 
 

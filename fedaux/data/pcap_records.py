@@ -63,6 +63,7 @@ class RecordBatch:
             ``if_fcslen``), so a packet's bytes can be measured without them.
         time_us: ``(N,)`` int64 unix microseconds.
         first_number: the 1-based number of the batch's first packet in the capture.
+        file_offset: the capture's byte offset of ``buffer[0]`` (``start + file_offset`` are file offsets).
     """
 
     buffer: np.ndarray
@@ -73,6 +74,7 @@ class RecordBatch:
     fcs_bytes: np.ndarray
     time_us: np.ndarray
     first_number: int = 1
+    file_offset: int = 0
 
     def __len__(self) -> int:
         return len(self.start)
@@ -173,7 +175,7 @@ def _batch(stream: _Stream, start: np.ndarray, caplen: np.ndarray, wirelen: np.n
         time_us[mine] = _micros(stamp[mine], face.units_per_second, face.offset_s)
         linktype[mine], fcs[mine] = face.linktype, face.fcs_bytes
     buffer = np.frombuffer(stream.data + bytes(PADDING), dtype=np.uint8)
-    return RecordBatch(buffer, start, caplen, wirelen, linktype, fcs, time_us, number)
+    return RecordBatch(buffer, start, caplen, wirelen, linktype, fcs, time_us, number, stream.consumed)
 
 
 def _pcap_records(stream: _Stream) -> Iterator[RecordBatch]:
