@@ -330,18 +330,23 @@ def _after_ethertype(ethertype: int, data: bytes, offset: int) -> tuple[int, int
         elif ethertype == PPPOE_SESSION:
             if _header(PPPoE, data, offset) is None:
                 return UNDECODABLE
-            return _after_ppp_protocol(data, offset + 6)
+            return _after_ppp_protocol(data, offset + 6, compressed=False)  # "2-byte PPP protocol"
         else:  # an 802.3 length (< 0x0600), ARP, LLDP, ...
             return NOT_IP
 
 
-def _after_ppp_protocol(data: bytes, offset: int) -> tuple[int, int] | str:
+def _after_ppp_protocol(data: bytes, offset: int, *, compressed: bool) -> tuple[int, int] | str:
+    """After a PPP protocol field. ``compressed``: an odd first byte is a 1-byte protocol
+    (RFC 1661 protocol-field compression, which scapy's PPP reads); otherwise always 2 bytes."""
+    if len(data) < offset + 1:
+        return UNDECODABLE
+    if data[offset] & 1:  # 2-byte protocols start with an even byte; 0x0021 and 0x0057 do
+        if not compressed:
+            return NOT_IP
+        version = PPP_VERSIONS.get(_header(PPP, data, offset, need=1).proto)
+        return (version, offset + 1) if version else NOT_IP
     if len(data) < offset + 2:
         return UNDECODABLE
-    # scapy reads a 1-byte (compressed) protocol when the first byte is odd; the contract always
-    # reads 2 bytes, and neither 0x0021 nor 0x0057 starts with an odd byte.
-    if data[offset] & 1:
-        return NOT_IP
     version = PPP_VERSIONS.get(_header(PPP, data, offset).proto)
     return (version, offset + 2) if version else NOT_IP
 
@@ -406,9 +411,9 @@ def _link(frame: _Frame) -> _Link | str:
     elif linktype in (9, 50):
         hdlc = _header(HDLC, data, 0)
         framed = hdlc is not None and (hdlc.address, hdlc.control) == (0xFF, 0x03)
-        found = _after_ppp_protocol(data, 2 if framed else 0)
+        found = _after_ppp_protocol(data, 2 if framed else 0, compressed=True)
     elif linktype == 51:
-        found = UNDECODABLE if _header(PPPoE, data, 0) is None else _after_ppp_protocol(data, 6)
+        found = UNDECODABLE if _header(PPPoE, data, 0) is None else _after_ppp_protocol(data, 6, compressed=False)
     elif linktype == 127:
         radiotap = _header(RadioTap, data, 0, need=4)
         if radiotap is None:
