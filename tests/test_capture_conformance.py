@@ -186,7 +186,7 @@ def _check(path: Path, expected: list[dict[str, Any]], *, length: str = "frame",
            idle_timeout_s: float = 60.0) -> CaptureReport:
     """fedaux and the reference both read exactly ``expected`` from ``path``; fedaux's report."""
     reference = reference_flows(path, idle_timeout_s=idle_timeout_s, length=length)
-    assert first_difference(reference, expected) is None, f"reference: {first_difference(reference, expected)}"
+    assert first_difference(reference, expected) is None, f"reference on {path.name}: {first_difference(reference, expected)}"
     report = CaptureReport()
     got = capture_flows(path, idle_timeout_s=idle_timeout_s, length=length, report=report)
     assert first_difference(got, expected) is None, f"fedaux on {path.name}: {first_difference(got, expected)}"
