@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -147,7 +148,8 @@ def _quantile_bins_snippet(specs: dict[str, dict], flows, kept: np.ndarray, min_
         note = f"# {what}: {len(edges) + 1} classes of {', '.join(map(str, sizes))} flows"
         if len(edges) + 1 < classes:
             note += f" (tied values leave fewer than {classes})"
-        entry = f"{name}: {{fn: {fn_spec}, bins: {bins}}}"
+        fn_text = fn_spec if fn_spec.isidentifier() else json.dumps(fn_spec)  # an import path's ':' needs quotes
+        entry = f"{name}: {{fn: {fn_text}, bins: {bins}}}"
         if not spec.get("bins"):
             entry, note = f"# {entry}", note + "; uncomment to make this regression target a classification one"
         lines.append(f"    {entry}   {note}")

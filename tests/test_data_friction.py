@@ -271,18 +271,23 @@ def test_the_shared_certta_release_reads_from_its_dataset_folder(tmp_path):
 
 # ------------------------------------------------------------------------------------ quantile bins
 def test_info_prints_quantile_bins_that_paste_into_the_config(tmp_path, capsys):
-    overrides = ["data.targets.up={fn: upload_fraction}", "data.targets.duration.bins=[10, 60]"]
+    overrides = ["data.targets.up={fn: upload_fraction}", "data.targets.duration.bins=[10, 60]",
+                 'data.targets.span={fn: "fedaux.data.targets:duration", bins: [1, 2, 3, 4, 5, 6]}']
     assert data_main(["info", *overrides]) == 0
     out = capsys.readouterr().out
     snippet = out[out.index("quantile bins over the 150 flows"):]
     yaml_text = "\n".join(snippet.splitlines()[1:])
     targets = OmegaConf.create(yaml_text).data.targets
     assert len(targets.bandwidth.bins) == 4 and len(targets.duration.bins) == 2  # quintiles, terciles
+    assert targets.span.fn == "fedaux.data.targets:duration" and len(targets.span.bins) == 6  # septiles
     assert "quintiles: 5 classes of 30, 30, 30, 30, 30 flows" in snippet and "terciles" in snippet
     assert "up" not in targets  # a regression target's bins come commented out
     assert "# up: {fn: upload_fraction, bins: [" in snippet and "quartiles" in snippet
-    # Pasted into a config, the bins split the 150 flows into classes of nearly equal size.
-    cfg = load_config(None, [f"data.targets.{name}.bins={list(spec.bins)}" for name, spec in targets.items()])
+    # Pasted into a config file, the bins split the 150 flows into classes of nearly equal size.
+    pasted = tmp_path / "pasted.yaml"
+    pasted.write_text(f"extends: {REPO / 'conf' / 'quic.yaml'}\n{yaml_text}\n")
+    cfg = load_config(pasted)
+    assert set(cfg.data.targets) == {"traffic_class", "bandwidth", "duration", "span"}
     flows = FlowCollection.load()
     for name, target in compute_targets({n: dict(s) for n, s in cfg.data.targets.items()}, flows).items():
         if name != "traffic_class":
@@ -313,6 +318,8 @@ def test_a_symlink_loop_as_data_root_is_named_as_one(tmp_path, capsys):
     assert f"{loop}: a symlink loop" in err and "nothing at this path" not in err
     assert data_main(["info", "--data", str(loop / "inside")]) == 2
     assert f"{loop / 'inside'}: {loop}, on the way to it, is a symlink loop" in capsys.readouterr().err
+    assert data_main(["info", "--data", "a\x00b"]) == 2  # a NUL byte: no traceback either
+    assert "'a\\x00b': not a usable path" in capsys.readouterr().err
     dangling = tmp_path / "dangling"
     dangling.symlink_to(tmp_path / "gone")
     assert data_main(["info", "--data", str(dangling)]) == 2

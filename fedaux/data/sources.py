@@ -93,12 +93,14 @@ def detect_format(path: Path) -> str:
 def check_exists(path: Path) -> None:
     """Raises DataError when nothing can be read at ``path``: nothing there, a symlink loop on the
     way, or a symlink to nothing (each named)."""
+    formats = f"a flow source is a folder or file in one of the formats {FLOW_READERS.names()}"
     try:
         os.stat(path)
         return
     except OSError as err:
         problem = err
-    formats = f"a flow source is a folder or file in one of the formats {FLOW_READERS.names()}"
+    except ValueError as err:  # a NUL byte, or characters the file system cannot encode
+        raise DataError(f"{str(path)!r}: not a usable path ({err}); {formats}") from None
     if problem.errno == errno.ELOOP:
         loop = next((p for p in (*reversed(path.parents), path) if _is_loop(p)), path)
         what = "a symlink loop" if loop == path else f"{loop}, on the way to it, is a symlink loop"

@@ -137,8 +137,8 @@ def raw_target_values(name: str, fn_spec: str, flows: FlowCollection) -> np.ndar
 
 def quantile_bins(values: np.ndarray, classes: int) -> list[float]:
     """Bin edges that split ``values`` into ``classes`` classes of about equal size (terciles for 3,
-    quartiles for 4), each rounded to the fewest significant digits (3 or more) that keep the edges
-    apart, so they read well in a config.
+    quartiles for 4), each rounded to the fewest significant digits (3 or more) that still put
+    every value in the class the exact quantiles put it in, so they read well in a config.
 
     Tied values can make quantiles coincide; repeated edges, and an edge at the smallest value (it
     would leave the first class empty), are dropped, so fewer than ``classes - 1`` edges may come
@@ -150,17 +150,18 @@ def quantile_bins(values: np.ndarray, classes: int) -> list[float]:
         >>> quantile_bins(np.array([0.0, 0.0, 0.0, 2.0]), 4)
         [0.5]
     """
+    values = np.asarray(values, dtype=np.float64)
     if classes < 2 or len(values) == 0:
         return []
-    edges = np.unique(np.quantile(np.asarray(values, dtype=np.float64), np.arange(1, classes) / classes))
-    edges = edges[edges > np.min(values)]
+    edges = np.unique(np.quantile(values, np.arange(1, classes) / classes))
+    edges = edges[edges > values.min()]
+    exact = np.digitize(values, edges)
     for digits in range(3, 18):
         rounded = [float(np.format_float_positional(e, precision=digits, unique=False, fractional=False, trim="-"))
                    for e in edges]
-        apart = all(b > a for a, b in zip(rounded, rounded[1:]))
-        if apart and (not rounded or np.min(values) < rounded[0] and rounded[-1] <= np.max(values)):
+        if np.all(np.diff(rounded) > 0) and np.array_equal(np.digitize(values, rounded), exact):
             return rounded
-    return [float(e) for e in edges]
+    return edges.tolist()
 
 
 def compute_target(name: str, fn_spec: str, bins: Sequence[float] | None, flows: FlowCollection) -> TargetValues:
