@@ -68,7 +68,7 @@ IPV6_FRAGMENT, IPV6_AH = 44, 51
 TRANSPORTS = {6: "tcp", 17: "udp"}
 # scapy's readers cut a packet at the size they are asked for; ask for everything.
 NO_SIZE_LIMIT = 1 << 40
-FCS_BYTES = 4
+RADIOTAP_FCS_BYTES = 4
 
 
 class ReferenceRefused(Exception):
@@ -113,7 +113,7 @@ class _Frame:
     time_us: int
     data: bytes
     whole: bool  # captured length == original length
-    ethernet_fcs: bool  # a pcap link-type field with FCS bits: Ethernet frames end with 4 FCS bytes
+    ethernet_fcs: int  # FCS bytes at the end of an Ethernet frame, from a pcap link-type field's FCS bits
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class _Link:
 
     version: int
     offset: int
-    fcs: bool | None  # the frame ends with an FCS; None: scapy could not tell (a radiotap header it cannot read)
+    fcs: int | None  # FCS bytes the frame ends with; None: scapy could not tell (a radiotap header it cannot read)
 
 
 @dataclass(frozen=True)
@@ -154,9 +154,11 @@ def _pcap_frames(path: Path, report: ReferenceReport) -> Iterator[_Frame]:
     size = os.path.getsize(path)
     linktype = reader.linktype & 0xFFFF
     _check_link_type(linktype)
-    # The contract: the pcap link-type field's upper 16 bits are FCS bits, and Ethernet frames
-    # whose field has them end with 4 FCS bytes.
-    ethernet_fcs = linktype == 1 and reader.linktype >> 16 != 0
+    # The pcap format (IETF draft-ietf-opsawg-pcap, "LinkType and additional information"): bit
+    # 28 (F) says bits 29-31 give the FCS length in 16-bit words: 0x30000001 is Ethernet with a
+    # 2-byte FCS, 0x50000001 with a 4-byte one.
+    field_bits = reader.linktype >> 28
+    ethernet_fcs = 2 * (field_bits >> 1) if linktype == 1 and field_bits & 1 else 0
     number = 0
     try:
         while True:
@@ -261,7 +263,7 @@ def _pcapng_frames(path: Path, report: ReferenceReport) -> Iterator[_Frame]:
                 report.anomalies.append(f"packet {number}: captured length {caplen} > original length {meta.wirelen}")
             ticks, units = (meta.tshigh << 32) + meta.tslow, meta.tsresol  # units per second
             time_us = _round_half_up((ticks + tsoffset * units) * 10**6, units)
-            yield _Frame(number, meta.linktype, time_us, data, caplen == meta.wirelen, False)
+            yield _Frame(number, meta.linktype, time_us, data, caplen == meta.wirelen, 0)
     finally:
         reader.close()
 
@@ -370,10 +372,11 @@ def _after_802_11(data: bytes, offset: int) -> tuple[int, int] | str:
     return _after_ethertype(snap.code, data, offset + 8)
 
 
-def _radiotap_fcs(data: bytes, length: int) -> bool | None:
+def _radiotap_fcs(data: bytes, length: int) -> int | None:
+    """FCS bytes at the end of an 802.11 frame whose radiotap flags say it has one (an 802.11 FCS is 4 bytes)."""
     try:
         radiotap = RadioTap(data[:length], stop_dissection_after=RadioTap)
-        return bool(radiotap.present.Flags and radiotap.Flags.FCS)
+        return RADIOTAP_FCS_BYTES if radiotap.present.Flags and radiotap.Flags.FCS else 0
     except Exception:  # scapy's radiotap parser on a damaged header: unknown, only needed for a 0 IP length
         return None
 
@@ -381,7 +384,7 @@ def _radiotap_fcs(data: bytes, length: int) -> bool | None:
 def _link(frame: _Frame) -> _Link | str:
     """Where the IP header starts in a frame, by the contract's rules for its link type."""
     data, linktype = frame.data, frame.linktype
-    fcs: bool | None = False
+    fcs: int | None = 0
     if linktype == 1:
         ether = _header(Ether, data, 0)
         if ether is None:
@@ -482,7 +485,7 @@ def _packet(frame: _Frame, link: _Link, length: str) -> _Packet | str:
             return UNKNOWN_LENGTH
         if link.fcs is None:
             raise ReferenceRefused("scapy", f"scapy cannot read the radiotap flags of packet {frame.number}")
-        ip_length = len(data) - start - (FCS_BYTES if link.fcs else 0)
+        ip_length = len(data) - start - link.fcs
     if length == "frame":
         size = ip_length + 14
     elif length == "ip":

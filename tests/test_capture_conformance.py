@@ -216,13 +216,13 @@ def test_single_packet_flows_are_flows(tmp_path):
 
 
 def test_flow_fields_have_the_contract_types(tmp_path):
-    """start_us an int; time_us and lengths int64, directions uint8 (frame, ip and payload)."""
+    """start_us an int; time_us int64, lengths int32 (a store keeps 16 bits), directions uint8 (frame, ip and payload)."""
     path = _pcap(tmp_path / "types.pcap", 1, [Rec(T0, 1, _ether(A)), Rec(T0, 2, _ether(B))])
     for length in ("frame", "ip", "payload"):
         for f in capture_flows(path, length=length):
             assert isinstance(f["start_us"], int), (length, type(f["start_us"]))
             dtypes = f["time_us"].dtype, f["lengths"].dtype, f["directions"].dtype
-            assert dtypes == (np.int64, np.int64, np.uint8), (length, dtypes)
+            assert dtypes == (np.int64, np.int32, np.uint8), (length, dtypes)
 
 
 def test_packets_sharing_one_timestamp_form_one_flow(tmp_path):
@@ -346,11 +346,16 @@ def test_ip_length_zero_takes_the_captured_bytes_when_the_packet_is_whole(tmp_pa
     _check(path, [flow(KEY_A, [_us(1), _us(3)], [48, 48], [1, 1]), flow(KEY_C, [_us(4)], [60], [1])], length="ip")
 
 
-def test_ethernet_fcs_bits_in_the_link_type_field(tmp_path):
-    """Link-type field 0x30000001: Ethernet frames ending with 4 FCS bytes. Lengths come from
-    the IP header; a 0 length field takes the captured bytes less the FCS."""
-    records = [Rec(T0, 1, _with_fcs(_ether(A))), Rec(T0, 2, _with_fcs(_ether(A_LEN0))), Rec(T0, 3, _with_fcs(_ether(C_LEN0)))]
-    path = _pcap(tmp_path / "fcs.pcap", 0x30000001, records)
+@pytest.mark.parametrize("field, fcs_bytes", [(0x30000001, 2), (0x50000001, 4)])
+def test_ethernet_fcs_bits_in_the_link_type_field(tmp_path, field, fcs_bytes):
+    """The pcap link-type field's FCS bits (IETF draft-ietf-opsawg-pcap: bit 28 set, bits 29-31 the
+    FCS length in 16-bit words): 0x30000001 is Ethernet ending with 2 FCS bytes, 0x50000001 with 4.
+    Lengths come from the IP header; a 0 length field takes the captured bytes less the FCS."""
+    def with_fcs(frame: bytes) -> bytes:
+        return _with_fcs(frame)[:len(frame) + fcs_bytes]
+
+    records = [Rec(T0, 1, with_fcs(_ether(A))), Rec(T0, 2, with_fcs(_ether(A_LEN0))), Rec(T0, 3, with_fcs(_ether(C_LEN0)))]
+    path = _pcap(tmp_path / "fcs.pcap", field, records)
     _check(path, [flow(KEY_A, [_us(1), _us(2)], [FRAME_A, FRAME_A], [1, 1]), flow(KEY_C, [_us(3)], [FRAME_C], [1])])
 
 
