@@ -1,4 +1,4 @@
-"""Flows from packet captures (dpkt) and CertTA JSON, checked against the text reader and against
+"""Flows from packet captures and CertTA JSON, checked against the text reader and against
 an independent parser (scapy), and every kind of bad input answered with one clear line."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tests.conftest import REPO
 
 SHARED = REPO.parent / "shared" / "data"
 ZEEK = SHARED / "pcaps" / "zeek"
+TCPDUMP = SHARED / "pcaps" / "tcpdump"
 CERTTA = SHARED / "certta-cicdoh20"
 
 
@@ -101,6 +102,36 @@ def test_every_zeek_capture_is_read_or_refused_clearly(name):
     assert flows.class_names == (path.stem,) and flows.packet_length == "frame"
     assert set(flows.flow_groups) == {path.name}
     assert all(flows.directions[flows.offsets[:-1]] == 1)  # the first packet sets the direction
+
+
+@pytest.mark.parametrize("length", ["frame", "payload"])
+def test_the_vectorised_decoder_changes_nothing(length):
+    """Every packet of the Zeek and tcpdump captures sent through the per-packet decoder gives the
+    same flows, times, lengths and counts as the numpy path that decodes the common packets."""
+    from fedaux.data.capture import CaptureReport, capture_flows
+
+    files = sorted(_needs(ZEEK).glob("*.pcap*")) + sorted(_needs(TCPDUMP).glob("*.pcap*"))
+    compared = 0
+    for path in files:
+        results = []
+        for vectorised in (True, False):
+            report = CaptureReport()
+            try:
+                flows = capture_flows(path, length=length, report=report, vectorised=vectorised)
+            except FlowFormatError as err:
+                flows = str(err)  # type: ignore[assignment]
+            results.append((flows, report))
+        (fast, fast_report), (slow, slow_report) = results
+        assert fast_report == slow_report, path.name
+        if isinstance(fast, str) or isinstance(slow, str):
+            assert fast == slow, path.name
+            continue
+        assert [f["key"] for f in fast] == [f["key"] for f in slow], path.name
+        for a, b in zip(fast, slow):
+            for column in ("time_us", "lengths", "directions"):
+                assert np.array_equal(a[column], b[column]), (path.name, a["key"], column)
+        compared += 1
+    assert compared > 300  # the corpus's readable captures, not a vacuous pass
 
 
 def test_zeek_counts_are_what_the_files_hold():
