@@ -18,6 +18,9 @@ import numpy as np
 
 from fedaux.cli import _guarded
 from fedaux.errors import ConfigError, DataError
+from fedaux.streaming import EMIT
+
+STDIN_SOURCE = "-"
 
 
 def _source_flows(source: str, spec: dict[str, Any], data_cfg, convert: bool):
@@ -68,7 +71,8 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
                                      epilog="A flow's probability is the mean of its windows' softmax probabilities. "
                                             "Overrides (key=value) set data.capture.* for capture sources.")
     parser.add_argument("run_dir", nargs="?", help="a finished run folder")
-    parser.add_argument("--data", required=True, help="text-flow folder, store, capture file/folder or JSON flows")
+    parser.add_argument("--data", required=True, help="text-flow folder, store, capture file/folder or JSON flows; "
+                                                      "'-' reads a pcap/pcapng stream on standard input (tcpdump -w -)")
     parser.add_argument("--model", default=None, help="an exported model (fedaux-export) to run instead of the run's")
     parser.add_argument("--out", default=None, help="file to write (default: standard output)")
     parser.add_argument("--format", choices=("csv", "jsonl"), default="csv")
@@ -78,6 +82,10 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=3, help="how many main-task classes to list per flow")
     parser.add_argument("--convert-lengths", action="store_true",
                         help="convert frame <-> ip packet lengths (Ethernet) when the source holds the other one")
+    parser.add_argument("--emit", choices=EMIT, default=None,
+                        help="with --data -: 'first' writes a flow's row once it has data.packets packets, 'final' "
+                             "when it ends (idle for data.capture.idle_timeout_s, or the stream ends), 'both' "
+                             "(default) writes both; the 'row' column says which")
     args, overrides = parser.parse_known_args(argv)
     return _guarded("fedaux-predict", lambda: _predict(args, overrides))
 
@@ -87,7 +95,11 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if not 0.0 <= args.min_confidence <= 1.0:
         raise ConfigError(f"--min-confidence={args.min_confidence} must be in [0, 1]")
+    if args.emit is not None and args.data != STDIN_SOURCE:
+        raise ConfigError(f"--emit applies to a stream (--data {STDIN_SOURCE}); a file's flows get one row each")
     spec, predictor, run = _model(args.run_dir, args.model)
+    if args.data == STDIN_SOURCE:
+        return _predict_stream(args, spec, predictor, _data_cfg(run, overrides))
     flows = _source_flows(args.data, spec, _data_cfg(run, overrides), args.convert_lengths)
     rows = predict_flows(spec, flows, predictor, min_confidence=args.min_confidence, top=args.top)
     handle = open(args.out, "w", newline="") if args.out else sys.stdout
@@ -105,6 +117,32 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> int:
     short = flows.num_flows - len(rows)
     print(f"{len(rows)} flows classified" + (f", {short} shorter than the minimum packets left out" if short else "")
           + (f"; written to {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
+
+
+def _predict_stream(args: argparse.Namespace, spec: dict[str, Any], predictor, data_cfg) -> int:
+    """``--data -``: rows of the capture on standard input as they fall due (:mod:`fedaux.streaming`)."""
+    import torch
+
+    from fedaux.streaming import RowWriter, StreamPredictor
+
+    streamer = StreamPredictor(spec, predictor, idle_timeout_s=float(data_cfg.capture.idle_timeout_s),
+                               emit=args.emit or "both", min_confidence=args.min_confidence, top=args.top,
+                               flow_filter=str(data_cfg.capture.filter or ""))
+    handle = open(args.out, "w", newline="") if args.out else sys.stdout
+    # One torch thread, as exported models run: a stream's batches are a few windows, which gain
+    # nothing from threads and, on a busy machine, wait for a descheduled one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        writer = RowWriter(handle, args.format, streamer.columns)
+        for row in streamer.rows(sys.stdin.buffer):
+            writer.write(row)
+    finally:
+        torch.set_num_threads(threads)
+        if args.out:
+            handle.close()
+    print(streamer.summary() + (f"; written to {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
 

@@ -152,22 +152,42 @@ def predict_flows(spec: Mapping[str, Any], flows: FlowCollection, predictor: Pre
     class and probability, and the main task's ``top`` classes. A main-task prediction below
     ``min_confidence`` is ``unknown``. ``spec`` is :func:`model_spec` or an exported model's metadata."""
     x, flow_index, _ = flow_windows(flows, spec["features"], spec["packets"], spec["windowing"])
-    probs = predictor(x)
     windows = np.bincount(flow_index, minlength=flows.num_flows)
-    per_flow = {task: flow_means(probs[task], flow_index, flows.num_flows).numpy() for task in spec["tasks"]}
+    per_flow = flow_probabilities(spec, predictor, x, flow_index, flows.num_flows)
+    return [{"flow": flows.flow_names[f], "windows": int(windows[f]),
+             **prediction(spec, {task: p[f] for task, p in per_flow.items()}, min_confidence=min_confidence, top=top)}
+            for f in np.flatnonzero(windows)]
+
+
+def flow_probabilities(spec: Mapping[str, Any], predictor: Predictor, x: np.ndarray, flow_index: np.ndarray,
+                       num_flows: int) -> dict[str, np.ndarray]:
+    """Windows ``x`` ``(N, C, packets)`` of flows ``flow_index`` ``(N,)`` -> per classification task
+    ``(num_flows, K)``: each flow's mean window probability (zeros for a flow without windows)."""
+    probs = predictor(x)
+    return {task: flow_means(probs[task], flow_index, num_flows).numpy() for task in spec["tasks"]}
+
+
+def prediction(spec: Mapping[str, Any], probs: Mapping[str, np.ndarray], *, min_confidence: float = 0.0,
+               top: int = 3) -> dict[str, Any]:
+    """A row's prediction columns from one flow's class probabilities ``{task: (K,)}``: each head's
+    class and probability (the main task's ``unknown`` below ``min_confidence``), then the main
+    task's ``top`` classes and their probabilities (:func:`prediction_columns` lists them)."""
     main = spec["main_task"]
-    rows = []
-    for f in np.flatnonzero(windows):
-        row: dict[str, Any] = {"flow": flows.flow_names[f], "windows": int(windows[f])}
-        for task in spec["tasks"]:
-            names, p = spec["class_names"][task], per_flow[task][f]
-            best = int(np.argmax(p))
-            label = names[best] if (task != main or p[best] >= min_confidence) else UNKNOWN
-            row[task] = label
-            row[f"{task}_probability"] = round(float(p[best]), 6)
-        names, p = spec["class_names"][main], per_flow[main][f]
-        for rank, k in enumerate(np.argsort(-p)[:top], start=1):
-            row[f"top{rank}"] = names[int(k)]
-            row[f"top{rank}_probability"] = round(float(p[k]), 6)
-        rows.append(row)
-    return rows
+    row: dict[str, Any] = {}
+    for task in spec["tasks"]:
+        names, p = spec["class_names"][task], probs[task]
+        best = int(np.argmax(p))
+        row[task] = names[best] if (task != main or p[best] >= min_confidence) else UNKNOWN
+        row[f"{task}_probability"] = round(float(p[best]), 6)
+    names, p = spec["class_names"][main], probs[main]
+    for rank, k in enumerate(np.argsort(-p)[:top], start=1):
+        row[f"top{rank}"] = names[int(k)]
+        row[f"top{rank}_probability"] = round(float(p[k]), 6)
+    return row
+
+
+def prediction_columns(spec: Mapping[str, Any], top: int = 3) -> list[str]:
+    """The keys :func:`prediction` gives, in order: known before any row (a stream's CSV header)."""
+    columns = [c for task in spec["tasks"] for c in (task, f"{task}_probability")]
+    ranks = min(max(top, 0), len(spec["class_names"][spec["main_task"]]))
+    return columns + [c for rank in range(1, ranks + 1) for c in (f"top{rank}", f"top{rank}_probability")]

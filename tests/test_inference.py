@@ -1,4 +1,6 @@
-"""Using a trained run: predict, evaluate, export; the exported models agree with the Lightning model."""
+"""Using a trained run: predict, evaluate, export; the exported models agree with the Lightning model.
+
+The trained run is conftest's session fixture ``trained``, shared with tests/test_streaming.py."""
 
 from __future__ import annotations
 
@@ -12,25 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from fedaux.config import load_config
 from fedaux.data.flows import FlowCollection
 from fedaux.errors import DataError
 from fedaux.export import export_run, load_exported
 from fedaux.inference import TrainedRun, check_packet_length, flow_windows, model_spec
-from fedaux.train import run
 from tests.conftest import REPO
 
 ZEEK = REPO.parent / "shared" / "data" / "pcaps" / "zeek"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run")
-    cfg = load_config(REPO / "conf" / "quic.yaml", [
-        f"output_dir={tmp}", "federated.rounds=3", "federated.base_stations=2", "federated.edge_servers=1",
-        "data.subflows_per_flow=16",  # about 0.8 held-out accuracy: a model that tells classes apart
-        "logging.progress=false", "logging.energy=false", "logging.plots=false", "logging.wandb.mode=disabled"])
-    return run(cfg)
 
 
 def _cli(tool, *args):
