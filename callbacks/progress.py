@@ -20,7 +20,8 @@ from fedaux.federated.hooks import CALLBACKS, RoundCallback
 
 @CALLBACKS.register("progress")
 class RoundProgressBar(RoundCallback):
-    """rich progress bar: ``round 7/30  acc 0.812  12.3 MB``."""
+    """rich progress bar: ``round 7/30  acc 0.812  12.3 MB``; in a run that pre-trains, the phase
+    and its round in that phase: ``round 7/30  finetune 2  acc 0.812  12.3 MB``."""
 
     def __init__(self, main_task: str = "traffic_class") -> None:
         self.main_task = main_task
@@ -47,7 +48,8 @@ class RoundProgressBar(RoundCallback):
             return
         acc = record.get(orchestrator.strategy.headline_key(self.main_task), float("nan"))
         mb = record.get("comm/cum_bytes_total", 0) / 1e6
-        self._progress.update(self._task, completed=rnd, status=f"acc {acc:.3f}  {mb:,.1f} MB")
+        phase = f"{record['phase']} {record['phase/round']}  " if "phase" in record else ""  # fedaux.callbacks.phase
+        self._progress.update(self._task, completed=rnd, status=f"{phase}acc {acc:.3f}  {mb:,.1f} MB")
 
     @override
     def on_run_teardown(self, orchestrator, failed: bool) -> None:

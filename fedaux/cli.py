@@ -203,7 +203,8 @@ def _print_summary(summary: dict) -> None:
 
     table = Table(title="fedaux run summary", show_header=False)
     rows = [
-        ("rounds", summary.get("rounds")),
+        ("rounds", f"{summary.get('rounds')} ({summary['pretrain_rounds']} pre-training)" if summary.get("pretrain_rounds")
+         else summary.get("rounds")),
         ("final accuracy", summary.get("final_accuracy")),
         ("best accuracy (round)", f"{summary.get('best_accuracy'):.4f} ({summary.get('best_round')})"),
         ("final macro F1", summary.get("final_f1")),

@@ -21,6 +21,7 @@ from fedaux.plugins import import_plugins, resolve_plugin_paths
 from fedaux.schema import (  # noqa: F401  (the schema's classes, re-exported for callers of this module)
     CaptureConfig,
     CompressionConfig,
+    ConsistencyConfig,
     DataConfig,
     ExperimentConfig,
     FederatedConfig,
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 # Components that check their own options: each module has ``check_config(cfg)``, the one place its
 # rules live. ``validate`` calls them after the checks every key shares (choices, ranges).
 COMPONENT_CHECKS = ("fedaux.data.capture", "fedaux.data.partition", "fedaux.model.factory", "fedaux.federated.engines",
-                    "fedaux.federated.compression", "fedaux.federated.privacy", "fedaux.federated.pipeline")
+                    "fedaux.federated.compression", "fedaux.federated.privacy", "fedaux.federated.pipeline",
+                    "fedaux.model.semi", "fedaux.federated.phases")
 
 
 def choices() -> dict[str, list[str]]:

@@ -74,12 +74,17 @@ class TrunkConfig:
 
 @dataclass
 class HeadConfig:
-    target: str = MISSING  # a name in data.targets
-    kind: str = "classification"  # classification | regression
+    target: str | None = None  # a name in data.targets (a contrastive head has none)
+    kind: str = "classification"  # classification | regression | contrastive
     loss: str | None = None  # a LOSSES name: cross_entropy | mse | l1 | smooth_l1; default by kind
-    out_features: int | None = None  # inferred from the target when None
+    out_features: int | None = None  # inferred from the target when None (contrastive: 64)
     hidden: int = 0  # width of a hidden layer in the head; 0 for a linear head
     cls: str | None = None  # import path of a custom head class
+    # contrastive heads only (fedaux/model/semi.py): NT-Xent temperature, and the augmentations that
+    # make each of a window's two views (AUGMENTATIONS names or {name: ..., option: value}; None:
+    # model.consistency.strong)
+    temperature: float = 0.5
+    augment: list[Any] | None = None
 
 
 @dataclass
@@ -104,6 +109,23 @@ class OptimizerConfig:
 
 
 @dataclass
+class ConsistencyConfig:
+    """Pseudo-labels on unlabelled windows, FixMatch-style (fedaux/model/semi.py); ``weight: 0`` is off.
+
+    Each list holds AUGMENTATIONS names (fedaux/data/augment.py) or ``{name: ..., option: value}``,
+    applied in order."""
+
+    weight: float = 0.0  # weight of the pseudo-label loss, added to the main task's loss
+    threshold: float = 0.95  # a weak view's softmax max must reach it to become a pseudo-label
+    weak: list[Any] = field(default_factory=lambda: [{"name": "window_shift", "max_shift": 4},
+                                                     {"name": "iat_jitter", "sigma": 0.05}])
+    strong: list[Any] = field(default_factory=lambda: [{"name": "window_shift", "max_shift": 16},
+                                                       {"name": "packet_drop", "p": 0.2},
+                                                       {"name": "iat_jitter", "sigma": 0.3},
+                                                       {"name": "length_noise", "std_bytes": 50.0}])
+
+
+@dataclass
 class ModelConfig:
     main_task: str = "traffic_class"
     trunk: TrunkConfig = field(default_factory=TrunkConfig)
@@ -112,6 +134,7 @@ class ModelConfig:
     )
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
 
 @dataclass
@@ -138,6 +161,9 @@ class CompressionConfig:
 class FederatedConfig:
     engine: str = "inprocess"  # an ENGINES name: inprocess | flower
     rounds: int = 30
+    # The first rounds train the auxiliary heads alone (main-task loss off), then every head
+    # (Rezaei & Liu's pre-training then fine-tuning, federated; fedaux/federated/phases.py).
+    pretrain_rounds: int = 0
     base_stations: int = 10
     edge_servers: int = 2
     fraction: float = 1.0

@@ -28,6 +28,7 @@ from fedaux.data.samples import SampleSet
 from fedaux.federated.aggregation import EdgeOfClient, cpu_state
 from fedaux.federated.client import TrainerOptions, client_trainer, personal_scores, quiet_lightning
 from fedaux.federated.hooks import ClientUpdate
+from fedaux.federated.phases import PRETRAIN, round_phase
 from fedaux.federated.pipeline import (
     STRATEGY_STATE,
     LocalState,
@@ -117,11 +118,13 @@ class FitOptions:
     batch_size: int = 32
     gradient_clip_val: float | None = None
     dp_sgd: tuple[float, float, float] | None = None  # (clip_norm, noise_multiplier, delta)
+    pretrain_rounds: int = 0  # rounds 1..pretrain_rounds fit without the main task (fedaux/federated/phases.py)
 
     @classmethod
     def from_config(cls, cfg: Any) -> FitOptions:
         fed = cfg.federated
-        return cls(int(fed.local_epochs), int(fed.batch_size), fed.gradient_clip_val, dp_sgd_settings(cfg.privacy))
+        return cls(int(fed.local_epochs), int(fed.batch_size), fed.gradient_clip_val, dp_sgd_settings(cfg.privacy),
+                   int(fed.pretrain_rounds))
 
 
 class ClientRuntime:
@@ -158,7 +161,8 @@ class ClientRuntime:
         """
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
-            model = build_model(cfg.model, dict(target_classes), cfg.data.packets, len(cfg.data.features))
+            model = build_model(cfg.model, dict(target_classes), cfg.data.packets, len(cfg.data.features),
+                                features=list(cfg.data.features))
         strategy = build_strategy(cfg.federated, model)
         options = TrainerOptions.from_config(cfg.trainer)
         return cls(model, cpu_state(model), strategy, build_pipeline(cfg, model, strategy), FitOptions.from_config(cfg),
@@ -193,6 +197,7 @@ class ClientRuntime:
             model.dp_sgd = DPSGD(*options.dp_sgd, seed=seed, history=history)
             gradient_clip_val = None
         clock = _LoopClock()
+        model.pretraining = round_phase(rnd, options.pretrain_rounds) == PRETRAIN
         try:
             with quiet_lightning():
                 trainer = client_trainer(strategy.local_epochs(options.local_epochs),
@@ -202,6 +207,7 @@ class ClientRuntime:
                 trainer.fit(model, ClientDataModule(samples, batch_size=options.batch_size, seed=seed, client=client,
                                                     rnd=rnd))
         finally:
+            model.pretraining = False
             private, model.dp_sgd = model.dp_sgd, None
             if private is not None:
                 private.close()

@@ -17,6 +17,7 @@ from fedaux.errors import ConfigError
 from fedaux.labels import FLOW_KEY, IGNORE_INDEX
 from fedaux.model.losses import LOSSES
 from fedaux.model.optimizers import build_optimizer
+from fedaux.model.semi import CONTRASTIVE, CONTRASTIVE_LOSS, Consistency, ContrastiveViews, nt_xent, pseudo_label_loss
 from fedaux.model.weighting import GradientWeighting, LossWeighting, SteppedWeighting
 
 if TYPE_CHECKING:
@@ -50,6 +51,11 @@ class TaskSpec:
     out_features: int
 
     def __post_init__(self) -> None:
+        if self.kind == CONTRASTIVE:  # no target: the loss compares two views of each window
+            if self.loss != CONTRASTIVE_LOSS:
+                raise ConfigError(f"model.heads.{self.name}: a contrastive head needs loss {CONTRASTIVE_LOSS!r}, "
+                                  f"got {self.loss!r}")
+            return
         LOSSES.get(self.loss, f"model.heads.{self.name}.loss")
         if self.kind == "classification" and self.loss != "cross_entropy":
             raise ConfigError(f"model.heads.{self.name}: a classification head needs loss 'cross_entropy', got {self.loss!r}")
@@ -65,10 +71,18 @@ class MultiTaskModule(L.LightningModule):
         weighting: combines the ``(T,)`` task losses into the total.
         main_task: the task whose accuracy is the headline metric.
         optimizer: the ``model.optimizer`` section as a dict: ``{"name": <an OPTIMIZERS name>, "lr": ...}``.
+        consistency: pseudo-labels on the unlabelled windows (:mod:`fedaux.model.semi`); None: off.
+        contrastive: per contrastive head (``kind`` ``contrastive``), its temperature and views.
 
     Batches are dicts with ``x`` ``(B, C, packets)`` and a ``(B,)`` target per task; main-task
-    labels may be :data:`IGNORE_INDEX` (unlabelled). Logged keys: ``train/loss``,
-    ``train/loss/<task>``, ``train/weight/<task>``, ``val/loss``, ``val/acc/<task>``,
+    labels may be :data:`IGNORE_INDEX` (unlabelled). A contrastive head has no target: its loss
+    is NT-Xent between two augmented views of each window. With ``consistency`` the main task's
+    loss also holds ``weight`` times the pseudo-label loss of the unlabelled windows. While
+    :attr:`pretraining` is set (a pre-training round's fits) the main task's loss is 0 and its
+    head is left out of the step. Logged keys: ``train/loss``,
+    ``train/loss/<task>``, ``train/weight/<task>``, with consistency ``train/consistency/loss``
+    and ``train/consistency/confident`` (the share of unlabelled windows given a pseudo-label),
+    ``val/loss``, ``val/acc/<task>``,
     ``val/f1/<task>`` and, for regression heads, ``val/mae/<task>``. Validation batches that carry
     ``flow_index`` ``(B,)`` also give flow-level accuracy, ``val/flow_acc/<task>`` (a flow's class
     is the argmax of its windows' mean softmax), and ``val/min_confidence``: the main-task flow
@@ -84,6 +98,9 @@ class MultiTaskModule(L.LightningModule):
         weighting: LossWeighting,
         main_task: str,
         optimizer: Mapping | None = None,
+        *,
+        consistency: Consistency | None = None,
+        contrastive: Mapping[str, ContrastiveViews] | None = None,
     ) -> None:
         super().__init__()
         if set(heads) != set(tasks):
@@ -101,10 +118,20 @@ class MultiTaskModule(L.LightningModule):
         self.heads = nn.ModuleDict({name: heads[name] for name in order})
         self.weighting = weighting
         self.optimizer_cfg = dict(optimizer or {"name": "adam", "lr": 1e-3})
-        self._losses = {name: LOSSES.get(spec.loss) for name, spec in self.tasks.items()}
+        self._losses = {name: LOSSES.get(spec.loss) for name, spec in self.tasks.items() if spec.kind != CONTRASTIVE}
+        self.consistency = consistency
+        self.contrastive = dict(contrastive or {})
+        views_for = sorted(t for t, spec in self.tasks.items() if spec.kind == CONTRASTIVE)
+        if sorted(self.contrastive) != views_for:
+            raise ValueError(f"contrastive views {sorted(self.contrastive)} must be given for exactly the contrastive "
+                             f"heads {views_for}")
+        self.pretraining = False  # set by the client runtime for a pre-training round's fit
         self._train_sum: torch.Tensor | None = None  # (1 + 2T,) sample-weighted sums this epoch
         self._train_seen = 0
-        self.val_metrics = nn.ModuleDict({name: self._metrics(spec) for name, spec in self.tasks.items()})
+        self._semi_sum: torch.Tensor | None = None  # (3,) consistency loss x windows, confident, unlabelled
+        self._step_views: dict[tuple[str, str], torch.Tensor] = {}  # the last training step's augmented views
+        self.val_metrics = nn.ModuleDict({name: self._metrics(spec) for name, spec in self.tasks.items()
+                                          if spec.kind != CONTRASTIVE})
         self._flow_outputs: list[tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
         # Gradient-based weightings need each task's gradient on the trunk: the module then steps
         # itself (Lightning's manual optimisation) and clips at ``manual_clip_val``.
@@ -131,45 +158,118 @@ class MultiTaskModule(L.LightningModule):
         features = self.trunk(x)
         return {name: head(features) for name, head in self.heads.items()}
 
-    def task_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Outputs per task and the ``(T,)`` vector of task losses (main task first)."""
+    def task_losses(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Outputs per task and the ``(T,)`` vector of task losses (main task first), as evaluation
+        sees them: no pseudo-labels, and a contrastive head's two views drawn from ``generator``."""
         outputs = self(batch["x"])
-        return outputs, self._stack_losses(outputs, batch)
+        return outputs, self._stack_losses(outputs, batch, generator)
 
-    def _stack_losses(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return torch.stack([self._losses[t](outputs[t], batch[self.tasks[t].target]) for t in self.task_names])
+    def _stack_losses(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.stack([self._contrastive_loss(t, batch["x"], generator) if self.tasks[t].kind == CONTRASTIVE
+                            else self._losses[t](outputs[t], batch[self.tasks[t].target]) for t in self.task_names])
+
+    def _augment(self, task: str):
+        augment = self.contrastive[task].augment
+        if augment is None:
+            raise RuntimeError(f"the contrastive head {task!r} has no augmentations: build the model with "
+                               "build_model(..., features=cfg.data.features) to train or score it")
+        return augment
+
+    def _contrastive_loss(self, task: str, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        augment = self._augment(task)
+        first, second = self.heads[task](self.trunk(torch.cat([augment(x, generator), augment(x, generator)]))).chunk(2)
+        return nt_xent(first, second, temperature=self.contrastive[task].temperature)
+
+    def _draw_views(self, batch: Mapping[str, torch.Tensor]) -> dict[tuple[str, str], torch.Tensor]:
+        """A training step's augmented windows, from torch's global generator (seeded per fit):
+        a weak and a strong view of each unlabelled window (consistency, outside pre-training) and
+        two views of every window per contrastive head."""
+        x = batch["x"]
+        views = {}
+        if self.consistency is not None and not self.pretraining:
+            unlabelled = x[batch[self.tasks[self.main_task].target] == IGNORE_INDEX]
+            views[("consistency", "weak")] = self.consistency.weak(unlabelled, None)
+            views[("consistency", "strong")] = self.consistency.strong(unlabelled, None)
+        for task in self.contrastive:
+            augment = self._augment(task)
+            views[(task, "1")], views[(task, "2")] = augment(x, None), augment(x, None)
+        return views
+
+    def _training_losses(self, batch: Mapping[str, torch.Tensor], views: dict[tuple[str, str], torch.Tensor] | None = None
+                         ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """One training step's task losses, each its own graph (main task first), the trunk's
+        features they all come from and, with consistency, ``(3,)`` figures for the log.
+
+        The batch and every augmented view (:meth:`_draw_views`, or ``views`` to score a step's
+        views again) go through the trunk as one batch: BatchNorm sees them together, as in
+        FixMatch and SimCLR, and a gradient-based weighting differentiates every loss through
+        one features tensor.
+        """
+        x = batch["x"]
+        views = self._draw_views(batch) if views is None else views
+        self._step_views = views
+        features = self.trunk(torch.cat([x, *views.values()]) if views else x)
+        parts = dict(zip([("batch", "x"), *views], features.split([len(x), *(len(v) for v in views.values())])))
+        own = parts[("batch", "x")]
+        # The main task waits during pre-training: no loss and no gradient, so its head stays as it came.
+        trained = [t for t in self.task_names if self.tasks[t].kind != CONTRASTIVE
+                   and not (self.pretraining and t == self.main_task)]
+        outputs = {t: self.heads[t](own) for t in trained}
+        losses, stats = [], None
+        for t in self.task_names:
+            if self.tasks[t].kind == CONTRASTIVE:
+                losses.append(nt_xent(self.heads[t](parts[(t, "1")]), self.heads[t](parts[(t, "2")]),
+                                      temperature=self.contrastive[t].temperature))
+            elif t not in outputs:
+                losses.append(torch.zeros((), device=features.device))
+            else:
+                loss = self._losses[t](outputs[t], batch[self.tasks[t].target])
+                if t == self.main_task and ("consistency", "weak") in parts and self.consistency is not None:
+                    head = self.heads[t]
+                    unlabelled, confident = pseudo_label_loss(head(parts[("consistency", "weak")]),
+                                                              head(parts[("consistency", "strong")]),
+                                                              self.consistency.threshold)
+                    loss = loss + self.consistency.weight * unlabelled
+                    stats = torch.stack([unlabelled.detach() * len(x), confident.sum().to(unlabelled),
+                                         torch.tensor(float(len(confident)), device=unlabelled.device)])
+                losses.append(loss)
+        return losses, features, stats
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         if not self.automatic_optimization:
-            total, losses, weights = self._gradient_step(batch)
+            total, losses, weights, stats = self._gradient_step(batch)
         else:
-            _, losses = self.task_losses(batch)
+            task_losses, _, stats = self._training_losses(batch)
+            losses = torch.stack(task_losses)
             total, weights = self.weighting(losses)
-        self._accumulate(batch, total, losses, weights)
+        self._accumulate(batch, total, losses, weights, stats)
         return total if self.automatic_optimization else None
 
-    def _gradient_step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _gradient_step(self, batch: Mapping[str, torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """One manual step of a gradient-based weighting: per-task gradients on the trunk, aggregated."""
         optimizer = self.optimizers()
         if isinstance(optimizer, list):
             raise TypeError(f"manual optimisation steps one optimizer; configure_optimizers gave {len(optimizer)}")
         optimizer.zero_grad()
-        features = self.trunk(batch["x"])
         # One graph per task loss (not slices of one stacked tensor): torchjd differentiates each alone.
-        task_losses = [self._losses[t](self.heads[t](features), batch[self.tasks[t].target]) for t in self.task_names]
+        task_losses, features, stats = self._training_losses(batch)
         losses = torch.stack([loss.detach() for loss in task_losses])
         shared = [p for p in self.trunk.parameters() if p.requires_grad]
         heads = [[p for p in self.heads[t].parameters() if p.requires_grad] for t in self.task_names]
-        if shared and all(heads):
+        if shared and all(heads) and not self.pretraining:
             weighting = self.weighting
             if not isinstance(weighting, GradientWeighting):
                 raise TypeError(f"manual optimisation needs a weighting with backward(); {type(weighting).__name__} has none")
             weights = weighting.backward(task_losses, features, shared, heads)
-        else:  # part of the model is frozen (FedRep's phases): each trainable part learns from the plain sum
+        else:  # part of the model is frozen (FedRep's phases) or waits (the main head in pre-training):
+            # each trainable part learns from the plain sum, as the aggregators need every task's gradient
             self.manual_backward(torch.stack(task_losses).sum())
             weights = torch.ones_like(losses)
         optimizer.step()  # runs the callbacks' and this module's on_before_optimizer_step (clipping)
-        return (weights * losses).sum(), losses, weights
+        return (weights * losses).sum(), losses, weights, stats
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if not self.automatic_optimization and self.manual_clip_val:
@@ -183,25 +283,28 @@ class MultiTaskModule(L.LightningModule):
         weighting = self.weighting
         if isinstance(weighting, SteppedWeighting):  # has after_step
             buffers = {name: b.clone() for name, b in self.named_buffers()}  # BatchNorm must not see it twice
-            with torch.no_grad():
-                _, losses = self.task_losses(batch)
+            with torch.no_grad():  # the same batch and the same augmented views as the step
+                losses = torch.stack(self._training_losses(batch, views=self._step_views)[0])
             with torch.no_grad():
                 for name, b in self.named_buffers():
                     if name in buffers and not name.startswith("weighting."):
                         b.copy_(buffers[name])
             weighting.after_step(losses)
+        self._step_views = {}
 
     def _accumulate(self, batch: Mapping[str, torch.Tensor], total: torch.Tensor, losses: torch.Tensor,
-                    weights: torch.Tensor) -> None:
+                    weights: torch.Tensor, semi: torch.Tensor | None = None) -> None:
         # Epoch means are accumulated here and logged once per epoch: calling self.log for 1 + 2T
         # keys every step costs more than the step itself for this small model (profiled).
         size = batch["x"].shape[0]
         step_stats = torch.cat([total.detach().reshape(1), losses.detach(), weights.detach()]) * size
         self._train_sum = step_stats if self._train_sum is None else self._train_sum + step_stats
         self._train_seen += size
+        if semi is not None:
+            self._semi_sum = semi if self._semi_sum is None else self._semi_sum + semi
 
     def on_train_epoch_start(self) -> None:
-        self._train_sum, self._train_seen = None, 0
+        self._train_sum, self._train_seen, self._semi_sum = None, 0, None
 
     def on_train_epoch_end(self) -> None:
         self.weighting.on_epoch_end()
@@ -211,9 +314,15 @@ class MultiTaskModule(L.LightningModule):
         tasks = self.task_names
         keys = ["train/loss", *(f"train/loss/{t}" for t in tasks), *(f"train/weight/{t}" for t in tasks)]
         self.log_dict(dict(zip(keys, means)), on_step=False, on_epoch=True)
+        if self._semi_sum is not None:
+            loss, confident, unlabelled = self._semi_sum.tolist()
+            self.log_dict({"train/consistency/loss": loss / self._train_seen,
+                           "train/consistency/confident": confident / max(unlabelled, 1.0)}, on_step=False, on_epoch=True)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        outputs, losses = self.task_losses(batch)
+        # A contrastive head's validation views are seeded by the batch: val/loss is a number of the model alone.
+        generator = torch.Generator(batch["x"].device).manual_seed(batch_idx) if self.contrastive else None
+        outputs, losses = self.task_losses(batch, generator)
         total, _ = self.weighting(losses)
         self.log("val/loss", total, on_step=False, on_epoch=True, batch_size=batch["x"].shape[0])
         for task, metrics in self._val_metrics():
