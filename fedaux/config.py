@@ -233,6 +233,8 @@ def validate(cfg: DictConfig) -> None:
     for key, lo, hi in [("federated.fraction", 0.0, 1.0), ("data.labeled_fraction", 0.0, 1.0),
                         ("data.test_fraction", 0.0, 0.99), ("target_accuracy", 0.0, 1.0)]:
         value = OmegaConf.select(cfg, key)
+        if value is None and key == "data.labeled_fraction":
+            continue  # null: labels by data.labeled_flows_per_class (fedaux.data.partition.check_config)
         if not lo <= value <= hi or (key == "federated.fraction" and value == 0):
             raise ConfigError(f"{key}={value} must be in {'(' if key == 'federated.fraction' else '['}{lo}, {hi}]")
     if cfg.model.optimizer.lr <= 0:

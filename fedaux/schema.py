@@ -47,7 +47,17 @@ class DataConfig:
     subflows_per_flow: int = 32
     min_packets: int = 10
     test_fraction: float = 0.2
-    labeled_fraction: float = 0.1
+    # Cross-validation over flows (fedaux/data/partition.py): with folds >= 2 the flows are dealt to
+    # `folds` folds (by capture group, stratified by class) and fold `fold` is the test set, in place
+    # of test_fraction; 0 or 1: the single test_fraction split.
+    folds: int = 0
+    fold: int = 0
+    # Main-task labels: a share of each base station's windows, or (with labeled_fraction: null)
+    # every window of exactly labeled_flows_per_class training flows per class.
+    labeled_fraction: float | None = 0.1
+    labeled_flows_per_class: int | None = None
+    # Main-task classes left out of training; their flows are all test flows, as unknown traffic.
+    exclude_classes: list[str] = field(default_factory=list)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     split_by: str = "group"  # group: flows of one capture stay on one side of the test split | flow
     capture: CaptureConfig = field(default_factory=CaptureConfig)

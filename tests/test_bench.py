@@ -10,6 +10,7 @@ from scipy import stats as scipy_stats
 
 from fedaux.bench import main, run_bench
 from fedaux.bench.stats import board_stats, bootstrap_interval, paired_test
+from fedaux.errors import ConfigError
 from tests.conftest import REPO
 
 TINY = ["data.subflows_per_flow=4", "federated.rounds=2", "federated.base_stations=3", "federated.edge_servers=2"]
@@ -124,3 +125,101 @@ def test_a_run_key_ignores_options_left_at_their_defaults():
     assert RunSpec(quic, ("federated.compression.uplink=none", "logging.progress=true"), 0).key() == plain
     assert RunSpec(quic, ("federated.compression.uplink=int8",), 0).key() != plain
     assert RunSpec(quic, (), 1).key() != plain
+
+
+# ---------------------------------------------------------------------------------------- folds x seeds
+def _folds_bench(tmp_path, folds: int = 2):
+    path = tmp_path / "bench.yaml"
+    path.write_text(f"""
+seeds: [0]
+folds: {folds}
+jobs: 1
+cache: {tmp_path / 'cache'}
+output: {tmp_path / 'docs'}
+overrides: {json.dumps([*TINY[:1], "federated.rounds=1", *TINY[2:]])}
+leaderboards:
+  few:
+    title: few labels
+    reference: null
+    methods:
+      fedavg: {REPO / 'conf' / 'fedavg.yaml'} data.labeled_fraction=null data.labeled_flows_per_class=2
+      fedauxhmtl: {REPO / 'conf' / 'quic.yaml'} data.labeled_fraction=null data.labeled_flows_per_class=2
+  plain:
+    folds: 0
+    reference: null
+    methods:
+      fedavg: {REPO / 'conf' / 'fedavg.yaml'}
+""")
+    return path
+
+
+def test_a_board_with_folds_runs_every_fold_seed_pair(tmp_path):
+    from fedaux.bench.config import load_bench_config
+    from fedaux.bench.plan import plan
+    from fedaux.bench.runs import RunSpec
+
+    bench, conf_dir = load_bench_config(_folds_bench(tmp_path))
+    rows = plan(bench, conf_dir, {"few", "plain"})
+    few = rows[("few", "fedavg", None)]
+    assert [s.unit for s in few] == [(0, 0), (1, 0)]
+    assert [s.unit for s in rows[("few", "fedauxhmtl", None)]] == [(0, 0), (1, 0)]
+    cfg = few[1].load()
+    assert (cfg.data.folds, cfg.data.fold, cfg.seed) == (2, 1, 0)
+    assert len({s.key() for s in few}) == 2
+    (plain,) = rows[("plain", "fedavg", None)]
+    assert plain.unit == (None, 0) and plain.load().data.folds == 0
+    # Without folds a spec is the one earlier versions made: the run cache still finds its runs.
+    assert plain.key() == RunSpec(plain.config, plain.overrides, 0).key()
+    with pytest.raises(ConfigError, match=r"few.folds=-2 must be 0 or 1 \(no cross-validation\) or >= 2"):
+        load_bench_config(_folds_bench(tmp_path), ["leaderboards.few.folds=-2"])
+
+
+def test_board_stats_pair_methods_by_fold_and_seed_in_any_order():
+    def run(fold, seed, acc, flow):
+        return {"spec": {"seed": seed, "fold": fold},
+                "summary": {"final_accuracy": acc, "final_f1": acc, "rounds": 3, "rounds_to_target": None,
+                            "accuracy_key": "val/acc/traffic_class", "MB_to_target": None, "compute_s_to_target": None,
+                            "total_MB": 1.0, "total_compute_s": 1.0},
+                "history": [{"val/flow_acc/traffic_class": flow}]}
+
+    a = [run(0, 0, 0.80, 0.90), run(1, 0, 0.70, 0.80), run(0, 1, 0.60, 0.70)]
+    b = [run(1, 0, 0.65, 0.70), run(0, 1, 0.50, 0.50), run(0, 0, 0.78, 0.90)]  # another order
+    out = board_stats({"a": a, "b": b}, "b", None)
+    test = out["a"]["vs_baseline"]
+    assert test["final_accuracy"]["diff"] == pytest.approx(np.mean([0.02, 0.05, 0.10]))
+    assert test["final_flow_accuracy"]["diff"] == pytest.approx(np.mean([0.0, 0.10, 0.20]))
+    assert out["a"]["final_flow_accuracy"]["mean"] == pytest.approx(0.8)
+    assert {(f["fold"], f["seed"]) for f in out["a"]["per_seed"]} == {(0, 0), (1, 0), (0, 1)}
+    with pytest.raises(ValueError, match=r"'a' and 'b' ran different \(fold, seed\) pairs"):
+        board_stats({"a": a, "b": b[:2]}, "b", None)
+    # The page: the three accuracies of every row, and how the runs pair up.
+    from types import SimpleNamespace
+
+    from fedaux.bench.report import render
+
+    board = {"config": {"title": "few", "about": "", "methods": {"a": "quic.yaml", "b": "fedavg.yaml"},
+                        "baseline": "b", "reference": None},
+             "seeds": [0, 1], "folds": 2, "rounds": 3, "target_accuracy": 0.8, "stats": out, "personal_local": {}}
+    page = render({"boards": {"few": board}, "machine": "test", "runs_note": "", "threads": 1, "jobs": 1},
+                  SimpleNamespace(alpha=0.05, confidence=0.95), "fedaux-bench")
+    assert "2 folds x seeds [0, 1], paired by (fold, seed)" in page
+    assert "| method | window acc | flow acc | macro F1 | rounds to target |" in page
+    assert "| `a` | 0.700 [" in page and "| 0.800 [" in page  # window and flow accuracy means
+
+
+@pytest.mark.slow  # four runs in a spawned worker (about a minute on 2 busy cores)
+def test_bench_runs_folds_by_seeds_and_reports_flow_accuracy_and_macro_f1(tmp_path):
+    # 2 folds x 1 seed x 2 methods, 1 round each, 10 labelled flows in all per fold (2 per class).
+    results = run_bench(str(_folds_bench(tmp_path)), [], only=["few"], progress=False)
+    assert "4 distinct runs" in results["runs_note"], results["runs_note"]
+    few = results["boards"]["few"]
+    assert few["folds"] == 2
+    for method in ("fedavg", "fedauxhmtl"):
+        stats = few["stats"][method]
+        assert [(f["fold"], f["seed"]) for f in stats["per_seed"]] == [(0, 0), (1, 0)]
+        assert all(0 <= f["final_flow_accuracy"] <= 1 and 0 <= f["final_f1"] <= 1 for f in stats["per_seed"])
+    assert few["stats"]["fedauxhmtl"]["vs_baseline"]["final_flow_accuracy"]["n"] == 2
+    page = (tmp_path / "docs" / "results.md").read_text()
+    assert "2 folds x seeds [0], paired by (fold, seed)" in page
+    assert "| method | window acc | flow acc | macro F1 | rounds to target |" in page
+    assert "flow accuracy" in page  # the findings compare flow accuracy too

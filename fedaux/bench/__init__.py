@@ -1,6 +1,7 @@
 """``fedaux-bench``: every table and plot of ``docs/results.md`` from ``conf/bench.yaml``.
 
-Sections: one leaderboard per entry of ``leaderboards`` (methods on identical data, seed by seed),
+Sections: one leaderboard per entry of ``leaderboards`` (methods on identical data, paired by
+seed, or by (fold, seed) where the board cross-validates: ``folds``),
 the auxiliary-task ``ablation``, the ``sensitivity`` sweeps and the ``scale`` points. ``--only``
 recomputes some sections and keeps the others from the last ``results.json``. Finished runs are
 cached one file each (``cache``), so a killed benchmark restarts where it stopped.
@@ -20,7 +21,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from fedaux.bench.config import load_bench_config, sections
+from fedaux.bench.config import board_folds, load_bench_config, sections
 from fedaux.bench.plan import plan
 from fedaux.bench.report import plot_board, plot_scatter, plot_sensitivity, render, significance_findings
 from fedaux.bench.runs import DataCache, RunCache, RunSpec, execute, run_quiet
@@ -62,6 +63,7 @@ def _board_result(name: str, board, runs_by_method: dict[str, list[dict]], bench
     return {
         "config": OmegaConf.to_container(board),
         "seeds": list(board.seeds or bench.seeds),
+        "folds": board_folds(bench, board),
         "rounds": first["summary"]["rounds"],
         "target_accuracy": first["summary"]["target_accuracy"],
         "stats": stats,
@@ -161,7 +163,8 @@ def _progress_printer():
     started = time.perf_counter()
 
     def report(done: int, total: int, spec: RunSpec | None) -> None:
-        what = "" if spec is None else f" {Path(spec.config).name} {' '.join(spec.overrides)} seed {spec.seed}"
+        fold = "" if spec is None or spec.unit[0] is None else f" fold {spec.fold}/{spec.folds}"
+        what = "" if spec is None else f" {Path(spec.config).name} {' '.join(spec.overrides)}{fold} seed {spec.seed}"
         print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {done}/{total} runs done{what}", flush=True)
 
     return report

@@ -28,6 +28,7 @@ class Board:
     baseline: str | None = "fedavg"  # rows tested against it (paired across seeds)
     reference: str | None = "fedauxhmtl"  # and against it
     seeds: list[int] | None = None  # default: the bench's seeds
+    folds: int | None = None  # cross-validation folds (data.folds); default: the bench's folds
     columns: list[str] = field(default_factory=list)  # more summary keys shown per row (mean [interval])
     scatter: str | None = None  # a summary key to plot final accuracy against (e.g. privacy_epsilon)
 
@@ -42,6 +43,9 @@ class SweepAxis:
 @dataclass
 class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    # k >= 2: every board row runs each (fold, seed) pair, fold i the test set (data.folds=k data.fold=i),
+    # and methods pair up by (fold, seed); 0 or 1: the configs' own test split, seed by seed.
+    folds: int = 0
     jobs: int = 2  # runs at once, each in its own process with cores // jobs torch threads
     cache: str = "outputs/bench/runs"  # one JSON per finished run: a killed benchmark resumes there
     overrides: list[str] = field(default_factory=list)  # applied to every run
@@ -68,6 +72,11 @@ class BenchConfig:
 def sections(bench: DictConfig) -> list[str]:
     """Every section ``--only`` may name: each leaderboard, then ablation, sensitivity, scale."""
     return [*bench.leaderboards, "ablation", "sensitivity", "scale"]
+
+
+def board_folds(bench: DictConfig, board: DictConfig) -> int:
+    """The number of cross-validation folds a board runs (its own ``folds``, else the bench's)."""
+    return int(bench.folds if board.folds is None else board.folds)
 
 
 def split_method(spec: str, conf_dir: Path, where: str) -> tuple[Path, list[str]]:
@@ -103,6 +112,9 @@ def load_bench_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[
     if cfg.ablation is not None:
         boards["ablation"] = cfg.ablation
     for name, board in boards.items():
+        folds = board_folds(cfg, board)
+        if folds < 0:
+            raise ConfigError(f"{path}: {name}.folds={folds} must be 0 or 1 (no cross-validation) or >= 2")
         for row, spec in board.methods.items():
             split_method(spec, conf_dir, f"{path}: {name}.methods.{row}")
         for role in ("baseline", "reference"):

@@ -28,6 +28,9 @@ def _versus(test: dict[str, Any] | None, alpha: float, digits: int = 3) -> str:
     return f"{test['diff']:+.{digits}f} (t {_p(test['t_p'])}{mark}, W {_p(test['wilcoxon_p'])})"
 
 
+_NONE: dict[str, Any] = {"mean": None}  # a figure a board from an older results.json lacks
+
+
 def _ratio(stat: dict[str, Any], base: dict[str, Any] | None) -> str:
     if base is None or stat["mean"] is None or not base["mean"]:
         return "-"
@@ -37,8 +40,8 @@ def _ratio(stat: dict[str, Any], base: dict[str, Any] | None) -> str:
 def board_table(stats: dict[str, Any], board, alpha: float) -> list[str]:
     base, ref = board.baseline, board.reference
     columns = list(getattr(board, "columns", []) or [])
-    head = ["method", "final acc", "final F1", "rounds to target", "reached", "MB to target", "compute s to target",
-            *columns]
+    head = ["method", "window acc", "flow acc", "macro F1", "rounds to target", "reached", "MB to target",
+            "compute s to target", *columns]
     if base:
         head += [f"MB to target / {base}"]
     if base:
@@ -47,7 +50,8 @@ def board_table(stats: dict[str, Any], board, alpha: float) -> list[str]:
         head += [f"acc vs {ref}", f"rounds vs {ref}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, s in stats.items():
-        cells = [f"`{method}`", _ci(s["final_accuracy"]), _ci(s["final_f1"]), _ci(s["rounds_to_target_censored"], 1),
+        cells = [f"`{method}`", _ci(s["final_accuracy"]), _ci(s.get("final_flow_accuracy", _NONE)), _ci(s["final_f1"]),
+                 _ci(s["rounds_to_target_censored"], 1),
                  f"{s['reached']}/{s['seeds']}", _ci(s["MB_to_target"], 1), _ci(s["compute_s_to_target"], 1)]
         cells += [_ci(s.get("extra", {}).get(col, {"mean": None}), 2) for col in columns]
         if base:
@@ -62,6 +66,9 @@ def board_table(stats: dict[str, Any], board, alpha: float) -> list[str]:
 
 def significance_findings(name: str, stats: dict[str, Any], board, alpha: float) -> list[str]:
     """One line per comparison: significant or not, in plain words."""
+    def verdict(test: dict[str, Any]) -> str:
+        return "significant" if test.get("t_p") is not None and test["t_p"] < alpha else "not significant"
+
     out = []
     for method, s in stats.items():
         for role, other in (("vs_baseline", board.baseline), ("vs_reference", board.reference)):
@@ -69,10 +76,12 @@ def significance_findings(name: str, stats: dict[str, Any], board, alpha: float)
             if not test or test["diff"] is None:
                 continue
             rounds = (s.get(role) or {}).get("rounds_to_target_censored") or {}
-            verdict = ("significant" if test["t_p"] is not None and test["t_p"] < alpha else "not significant")
-            rverdict = ("significant" if rounds.get("t_p") is not None and rounds["t_p"] < alpha else "not significant")
-            out.append(f"- {name}: `{method}` vs `{other}`: final accuracy {test['diff']:+.3f} ({verdict}, paired t "
-                       f"p={_p(test['t_p'])}); rounds to target {rounds.get('diff', 0) or 0:+.1f} ({rverdict}).")
+            flow = (s.get(role) or {}).get("final_flow_accuracy") or {}
+            flow_part = (f"; flow accuracy {flow['diff']:+.3f} ({verdict(flow)}, p={_p(flow['t_p'])})"
+                         if flow.get("diff") is not None else "")
+            out.append(f"- {name}: `{method}` vs `{other}`: final accuracy {test['diff']:+.3f} ({verdict(test)}, paired t "
+                       f"p={_p(test['t_p'])}){flow_part}; rounds to target {rounds.get('diff', 0) or 0:+.1f} "
+                       f"({verdict(rounds)}).")
     return out
 
 
@@ -170,13 +179,16 @@ def render(results: dict[str, Any], bench, command: str) -> str:
         "",
         f"Machine: {results['machine']}. {results['runs_note']}",
         "",
-        "How to read the tables. Each cell is the mean over seeds with its "
-        f"{bench.confidence:.0%} percentile bootstrap interval (scipy.stats.bootstrap, 9,999 resamples). Every method "
-        "of a seed trains on the same test flows, partition, windows and label masks, so methods pair up seed by seed: "
-        "*acc vs X* is the mean paired difference in final accuracy with the paired t-test (t) and Wilcoxon "
+        "How to read the tables. Each cell is the mean over seeds (on a cross-validated board, over folds x seeds) "
+        f"with its {bench.confidence:.0%} percentile bootstrap interval (scipy.stats.bootstrap, 9,999 resamples). "
+        "*Window acc* is the final round's accuracy on the held-out windows, *flow acc* on the held-out flows (a "
+        "flow's class: the argmax of its windows' mean softmax), *macro F1* the windows' macro F1 (torchmetrics). "
+        "Every method of a seed (and fold) trains on the same test flows, partition, windows and label masks, so "
+        "methods pair up seed by seed, or by (fold, seed) where each of k folds is the test set once: "
+        "*acc vs X* is the mean paired difference in final window accuracy with the paired t-test (t) and Wilcoxon "
         f"signed-rank (W) p-values (scipy.stats); `*` marks t below {alpha}. With 5 seeds the exact two-sided "
-        "Wilcoxon test cannot go below 0.0625 and with 3 seeds not below 0.25, so W never reaches 0.05 here; a "
-        "difference without `*` is not significant. *Rounds to target* counts a seed that never reached the target "
+        "Wilcoxon test cannot go below 0.0625 and with 3 seeds not below 0.25, so W reaches 0.05 only on a "
+        "cross-validated board (5 folds x 3 seeds: 15 pairs); a difference without `*` is not significant. *Rounds to target* counts a seed that never reached the target "
         "as rounds + 1 (a lower bound for that seed); *MB* and *compute s to target* average the seeds that reached "
         "it (*reached*). MB counts both directions on both tiers. Compute seconds are the clients' fit times summed, "
         f"measured with {results['threads']} torch thread(s) per run and {results['jobs']} runs at once: compare "
@@ -186,8 +198,10 @@ def render(results: dict[str, Any], bench, command: str) -> str:
     ]
     for name, board in results["boards"].items():
         spec = board["config"]
+        folds = int(board.get("folds") or 0)
+        runs = f"{folds} folds x seeds {board['seeds']}, paired by (fold, seed)" if folds >= 2 else f"Seeds {board['seeds']}"
         lines += [f"## {spec['title'] or name}", "", spec["about"] or "", "",
-                  f"Seeds {board['seeds']}; target accuracy {board['target_accuracy']}; "
+                  f"{runs}; target accuracy {board['target_accuracy']}; "
                   f"{board['rounds']} rounds. Rows: " + "; ".join(f"`{m}`: `{d}`" for m, d in spec["methods"].items())
                   + ".", ""]
         lines += board_table(board["stats"], _Board(spec), alpha)

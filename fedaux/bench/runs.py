@@ -30,15 +30,25 @@ _NOT_IDENTITY = ("output_dir", "logging", "name", "federated.workers")
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One experiment of the benchmark: a config file, its overrides and a seed."""
+    """One experiment of the benchmark: a config file, its overrides, a seed and, with ``folds >= 2``,
+    the cross-validation fold that is its test set (``data.folds``, ``data.fold``, set after the
+    overrides)."""
 
     config: str
     overrides: tuple[str, ...]
     seed: int
+    folds: int = 0
+    fold: int = 0
 
     def load(self) -> DictConfig:
-        return load_config(self.config, [*self.overrides, f"seed={self.seed}", "logging.wandb.mode=disabled",
+        split = [f"data.folds={self.folds}", f"data.fold={self.fold}"] if self.folds >= 2 else []
+        return load_config(self.config, [*self.overrides, *split, f"seed={self.seed}", "logging.wandb.mode=disabled",
                                          "logging.progress=false", "logging.plots=false"])
+
+    @property
+    def unit(self) -> tuple[int | None, int]:
+        """``(fold, seed)``: what two methods' runs must share to pair up (fold None without folds)."""
+        return (self.fold if self.folds >= 2 else None, self.seed)
 
     def key(self) -> str:
         """A digest of what the resolved config sets differently from the schema's defaults: equal
@@ -145,7 +155,8 @@ def _run_one(spec: RunSpec, key: str, cache_dir: str, energy: bool) -> tuple[str
     started = time.perf_counter()
     result = run_quiet(cfg, _WORKER_DATA.get(cfg) if _WORKER_DATA else None, energy=energy)
     result["seconds"] = time.perf_counter() - started
-    result["spec"] = {"config": spec.config, "overrides": list(spec.overrides), "seed": spec.seed}
+    result["spec"] = {"config": spec.config, "overrides": list(spec.overrides), "seed": spec.seed,
+                      "fold": spec.unit[0]}
     RunCache(cache_dir).put(key, result)
     return key, result["seconds"]
 

@@ -1,7 +1,8 @@
-"""Statistics over seeds: means with bootstrap intervals and paired tests, through SciPy.
+"""Statistics over seeds (and cross-validation folds): means with bootstrap intervals and paired
+tests, through SciPy.
 
-Every method of a seed trains on the same partition, windows and label masks, so two methods'
-results pair up seed by seed and a paired test compares them. With 5 seeds the Wilcoxon
+Every method of a seed (and fold) trains on the same test flows, partition, windows and label
+masks, so two methods' results pair up by (fold, seed) and a paired test compares them. With 5 seeds the Wilcoxon
 signed-rank test cannot go below p = 0.0625 (two-sided, exact), so it never reaches 0.05; the
 paired t-test can, but assumes roughly normal differences. Both are reported.
 """
@@ -15,9 +16,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-# Per-run figures summarised over seeds: summary key -> whether lower is better.
+# Per-run figures summarised over seeds: summary key -> whether lower is better. Final accuracy
+# is over held-out windows, flow accuracy over held-out flows (a flow's class: the argmax of its
+# windows' mean softmax, ``val/flow_acc``), F1 the windows' macro F1 (torchmetrics).
 FIGURES = {
     "final_accuracy": False,
+    "final_flow_accuracy": False,
     "final_f1": False,
     "rounds_to_target_censored": True,
     "MB_to_target": True,
@@ -27,13 +31,18 @@ FIGURES = {
 }
 
 
-def run_figures(run: dict[str, Any]) -> dict[str, float | None]:
+def run_figures(run: dict[str, Any]) -> dict[str, Any]:
     """The figures of one run; a run that never reached the target counts ``rounds + 1`` rounds
-    (a lower bound on its true value) and has no MB or compute to target."""
+    (a lower bound on its true value) and has no MB or compute to target. Flow accuracy comes from
+    the last round's record (``val/flow_acc/<main task>``) where the summary lacks it."""
     summary = run["summary"]
-    out = {key: summary.get(key) for key in FIGURES}
-    if not summary.get("accuracy_key", "val/").startswith("val/"):
-        out["final_f1"] = None  # a personalised method's F1 would be its untrained global heads'; not shown
+    out: dict[str, Any] = {key: summary.get(key) for key in FIGURES}
+    key = summary.get("accuracy_key", "val/")
+    if out["final_flow_accuracy"] is None and run.get("history"):
+        out["final_flow_accuracy"] = run["history"][-1].get("val/flow_acc/" + key.rsplit("/", 1)[-1])
+    if not key.startswith("val/"):
+        # A personalised method's F1 and flow accuracy would be its untrained global heads'; not shown.
+        out["final_f1"] = out["final_flow_accuracy"] = None
     reached = summary.get("rounds_to_target")
     out["rounds_to_target_censored"] = float(reached if reached is not None else summary["rounds"] + 1)
     out["reached"] = reached is not None
@@ -88,17 +97,39 @@ def paired_test(a: Sequence[float | None], b: Sequence[float | None]) -> dict[st
     return out
 
 
+PAIRED = ("final_accuracy", "final_flow_accuracy", "final_f1", "rounds_to_target_censored")
+
+
+def run_unit(run: dict[str, Any], position: int) -> tuple[Any, Any]:
+    """``(fold, seed)`` of a benchmark run (its ``spec``; fold None without cross-validation), or
+    ``(None, position)`` for a run that does not say."""
+    spec = run.get("spec")
+    if spec is None:
+        return (None, position)
+    return (spec.get("fold"), spec["seed"])
+
+
 def board_stats(runs: dict[str, list[dict[str, Any]]], baseline: str | None, reference: str | None,
                 confidence: float = 0.95) -> dict[str, Any]:
-    """Per method: every figure described over seeds, and paired tests against the baseline and
-    the reference on final accuracy, final F1 and (censored) rounds to target.
+    """Per method: every figure described over its runs (seeds, or folds x seeds), and paired
+    tests against the baseline and the reference on final window and flow accuracy, final F1 and
+    (censored) rounds to target, pairing runs by their (fold, seed) (:func:`run_unit`).
 
     Args:
-        runs: method -> its runs, one per seed, in the same seed order for every method.
+        runs: method -> its runs, one per (fold, seed).
+
+    Raises:
+        ValueError: two compared methods do not have the same (fold, seed) pairs.
     """
-    figures = {m: [run_figures(r) for r in rs] for m, rs in runs.items()}
+    figures: dict[str, dict[tuple[Any, Any], dict[str, Any]]] = {}
+    for method, method_runs in runs.items():
+        figures[method] = {}
+        for i, run in enumerate(method_runs):
+            fold, seed = run_unit(run, i)
+            figures[method][(fold, seed)] = {**run_figures(run), "fold": fold, "seed": seed}
     out: dict[str, Any] = {}
-    for method, per_seed in figures.items():
+    for method, by_unit in figures.items():
+        per_seed = list(by_unit.values())
         entry: dict[str, Any] = {key: describe([f[key] for f in per_seed], confidence) for key in FIGURES}
         entry["seeds"] = len(per_seed)
         entry["reached"] = sum(f["reached"] for f in per_seed)
@@ -106,7 +137,11 @@ def board_stats(runs: dict[str, list[dict[str, Any]]], baseline: str | None, ref
         for role, other in (("vs_baseline", baseline), ("vs_reference", reference)):
             if other is None or other == method or other not in figures:
                 continue
-            entry[role] = {key: paired_test([f[key] for f in per_seed], [f[key] for f in figures[other]])
-                           for key in ("final_accuracy", "final_f1", "rounds_to_target_censored")}
+            if set(by_unit) != set(figures[other]):
+                raise ValueError(f"{method!r} and {other!r} ran different (fold, seed) pairs: "
+                                 f"{sorted(by_unit, key=str)} and {sorted(figures[other], key=str)}")
+            units = list(by_unit)
+            entry[role] = {key: paired_test([by_unit[u][key] for u in units], [figures[other][u][key] for u in units])
+                           for key in PAIRED}
         out[method] = entry
     return out

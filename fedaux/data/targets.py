@@ -20,6 +20,7 @@ import numpy as np
 
 from fedaux.data.flows import FlowCollection, FlowView
 from fedaux.errors import ConfigError, DataError
+from fedaux.labels import IGNORE_INDEX
 from fedaux.registry import Registry
 
 TargetFn = Callable[[FlowView], float]
@@ -119,6 +120,33 @@ class TargetValues:
     @property
     def is_classification(self) -> bool:
         return self.num_classes > 0
+
+    def without_classes(self, names: Sequence[str]) -> TargetValues:
+        """The same target with the classes ``names`` left out: the others renumbered ``0..K'-1`` in
+        their order, flows of a left-out class valued :data:`~fedaux.labels.IGNORE_INDEX`.
+
+        Example:
+            >>> t = TargetValues("traffic_class", np.array([0, 1, 2, 1]), 3, ("a", "b", "c"))
+            >>> kept = t.without_classes(["b"])
+            >>> kept.values.tolist(), kept.class_names
+            ([0, -100, 1, -100], ('a', 'c'))
+
+        Raises:
+            ConfigError: a name that is not one of the classes (the valid ones listed), or every
+                class left out.
+        """
+        if not self.is_classification:
+            raise ConfigError(f"data.exclude_classes: the main target {self.name!r} is not a classification target")
+        unknown = [n for n in names if n not in self.class_names]
+        if unknown:
+            raise ConfigError(f"data.exclude_classes: {unknown} not class(es) of {self.name!r}; valid: "
+                              f"{list(self.class_names)}")
+        kept = [k for k, n in enumerate(self.class_names) if n not in set(names)]
+        if not kept:
+            raise ConfigError(f"data.exclude_classes={list(names)} leaves no class of {self.name!r} to train on")
+        index = np.full(self.num_classes, IGNORE_INDEX, dtype=np.int64)
+        index[kept] = np.arange(len(kept))
+        return TargetValues(self.name, index[self.values], len(kept), tuple(self.class_names[k] for k in kept))
 
 
 def raw_target_values(name: str, fn_spec: str, flows: FlowCollection) -> np.ndarray:
