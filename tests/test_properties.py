@@ -130,6 +130,7 @@ config_key = st.sampled_from([
     "data.partition.alpha", "data.features", "model.weighting.name", "model.optimizer.lr", "model.trunk.channels",
     "model.trunk.kernel_size", "federated.rounds", "federated.base_stations", "federated.edge_servers",
     "federated.fraction", "federated.batch_size", "model.heads.traffic_class", "bogus.key", "data.root",
+    "data.folds", "data.fold", "data.labeled_flows_per_class", "data.exclude_classes",
 ])
 
 
