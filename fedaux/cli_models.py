@@ -37,8 +37,9 @@ def _source_flows(source: str, spec: dict[str, Any], data_cfg, convert: bool):
     return check_packet_length(flows, spec["packet_length"], convert, source)
 
 
-def _model(run_dir: str | None, model_file: str | None):
-    """(spec, predictor, run or None) from a run folder and/or an exported model file."""
+def _model(run_dir: str | None, model_file: str | None, extras: bool = False):
+    """(spec, predictor, run or None) from a run folder and/or an exported model file; with
+    ``extras`` the run's own predictor also gives what the unknown scores read (logits, features)."""
     from fedaux.inference import TrainedRun, model_spec
 
     if model_file is not None:
@@ -49,7 +50,31 @@ def _model(run_dir: str | None, model_file: str | None):
     if run_dir is None:
         raise ConfigError("give a run folder (RUN_DIR) or an exported model (--model FILE)")
     run = TrainedRun.load(run_dir)
-    return model_spec(run), run.predictor(), run
+    return model_spec(run), run.predictor(extras=extras), run
+
+
+def _unknown_rule(args: argparse.Namespace, spec: dict[str, Any], run):
+    """``--unknown-score`` / ``--unknown-threshold`` as an :class:`~fedaux.inference.UnknownRule`:
+    the run's ``model.unknown.score`` by default (``msp`` with an exported model, which gives
+    probabilities only); the threshold a number, ``suggested`` (the run's) or none (score shown only)."""
+    from fedaux.inference import UnknownRule
+    from fedaux.unknown import UNKNOWN_SCORES, UnknownScoring
+
+    if run is not None and args.model is None:
+        scoring = run.unknown_scoring()
+    else:
+        scoring = UnknownScoring(spec["main_task"], suggested=spec.get("suggested_unknown_threshold"))
+    name = args.unknown_score or scoring.default
+    UNKNOWN_SCORES.get(name, "--unknown-score")
+    threshold = args.unknown_threshold
+    if threshold is None:
+        return UnknownRule(scoring, name)
+    if threshold == "suggested":
+        return UnknownRule(scoring, name, scoring.threshold(name))
+    try:
+        return UnknownRule(scoring, name, float(threshold))
+    except ValueError:
+        raise ConfigError(f"--unknown-threshold={threshold!r} must be a number or 'suggested'") from None
 
 
 def _data_cfg(run, overrides: list[str]):
@@ -79,6 +104,13 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                         help="label a flow 'unknown' when its main-task probability is below P "
                              "(summary.json's suggested_min_confidence is a start)")
+    parser.add_argument("--unknown-score", default=None, metavar="NAME",
+                        help="the unknown score each row shows (unknown_score column; higher: less like any known "
+                             "class): msp, energy or mahalanobis; default: the run's model.unknown.score (msp with "
+                             "--model)")
+    parser.add_argument("--unknown-threshold", default=None, metavar="T",
+                        help="label a flow 'unknown' when its unknown score is above T; 'suggested': the threshold "
+                             "that kept 95%% of the run's known held-out flows (summary.json)")
     parser.add_argument("--top", type=int, default=3, help="how many main-task classes to list per flow")
     parser.add_argument("--convert-lengths", action="store_true",
                         help="convert frame <-> ip packet lengths (Ethernet) when the source holds the other one")
@@ -97,11 +129,20 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ConfigError(f"--min-confidence={args.min_confidence} must be in [0, 1]")
     if args.emit is not None and args.data != STDIN_SOURCE:
         raise ConfigError(f"--emit applies to a stream (--data {STDIN_SOURCE}); a file's flows get one row each")
-    spec, predictor, run = _model(args.run_dir, args.model)
     if args.data == STDIN_SOURCE:
+        if args.unknown_score is not None or args.unknown_threshold is not None:
+            raise ConfigError(f"--unknown-score and --unknown-threshold apply to files for now; a stream (--data "
+                              f"{STDIN_SOURCE}) has --min-confidence")
+        spec, predictor, run = _model(args.run_dir, args.model)
         return _predict_stream(args, spec, predictor, _data_cfg(run, overrides))
+    from fedaux.unknown import score_needs
+
+    spec, predictor, run = _model(args.run_dir, args.model)
+    unknown = _unknown_rule(args, spec, run)
+    if args.model is None and score_needs(unknown.score):  # the run's model: logits and features too
+        predictor = run.predictor(extras=True)
     flows = _source_flows(args.data, spec, _data_cfg(run, overrides), args.convert_lengths)
-    rows = predict_flows(spec, flows, predictor, min_confidence=args.min_confidence, top=args.top)
+    rows = predict_flows(spec, flows, predictor, min_confidence=args.min_confidence, top=args.top, unknown=unknown)
     handle = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
         if args.format == "jsonl":
@@ -115,8 +156,11 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> int:
         if args.out:
             handle.close()
     short = flows.num_flows - len(rows)
+    rejected = (f"; {unknown.score} score above {unknown.threshold:g}: "
+                f"{sum(1 for r in rows if r['unknown_score'] > unknown.threshold)} unknown"
+                if unknown.threshold is not None else f"; unknown_score: {unknown.score}")
     print(f"{len(rows)} flows classified" + (f", {short} shorter than the minimum packets left out" if short else "")
-          + (f"; written to {args.out}" if args.out else ""), file=sys.stderr)
+          + rejected + (f"; written to {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
 
@@ -161,7 +205,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     return _guarded("fedaux-eval", lambda: _eval(args, overrides))
 
 
-def _held_out(run) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def _held_out(run) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, int]]:
+    """The run's test windows, their flows, the flows' labels per task and, for the test flows of
+    ``data.exclude_classes`` (main label IGNORE_INDEX: classes the model does not know), their
+    number per class."""
     from fedaux.data.samples import build_federated_data
 
     cfg = run.cfg
@@ -170,7 +217,9 @@ def _held_out(run) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     flows, flow_index = np.unique(data.test.flow_index.numpy(), return_inverse=True)
     labels = {t: data.targets[run.model.tasks[t].target].values[flows] for t in run.tasks
               if run.model.tasks[t].kind == "classification"}
-    return data.test.x.numpy(), flow_index, labels
+    names = np.asarray(data.flows.class_names)[data.flows.labels[data.unknown_test_flows]]
+    unknown = {str(name): int((names == name).sum()) for name in sorted(set(names.tolist()))}
+    return data.test.x.numpy(), flow_index, labels, unknown
 
 
 def _labelled_source(run, spec, source: str, data_cfg, convert: bool):
@@ -203,10 +252,9 @@ def _labelled_source(run, spec, source: str, data_cfg, convert: bool):
 def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from fedaux.evaluation import evaluate, write_report
 
-    spec, predictor, run = _model(args.run_dir, args.model)
+    spec, predictor, run = _model(args.run_dir, args.model, extras=True)
     if args.data is None:
-        x, flow_index, labels = _held_out(run)
-        unknown: dict[str, int] = {}
+        x, flow_index, labels, unknown = _held_out(run)
     else:
         x, flow_index, labels, unknown = _labelled_source(run, spec, args.data, _data_cfg(run, overrides),
                                                           args.convert_lengths)
@@ -219,6 +267,12 @@ def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
               f"flow accuracy {f['accuracy']:.4f} (macro F1 {f['macro_f1']:.4f}, {f['count']} flows)")
     for name, count in report["unknown_classes"].items():
         print(f"class {name!r} is not one the model knows: {count} flow(s), left out of the scores")
+    detection = report.get("unknown_detection", {})
+    if detection.get("unknown_flows") and detection.get("known_flows"):
+        for name, score in detection["scores"].items():
+            print(f"unknown score {name}: AUROC {score['auroc']:.4f} ({detection['unknown_flows']} unknown against "
+                  f"{detection['known_flows']} known flows); {score['rejected_at_95_known']:.1%} of unknown flows "
+                  "rejected at the threshold keeping 95% of known flows")
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 

@@ -35,6 +35,7 @@ from fedaux.schema import (  # noqa: F401  (the schema's classes, re-exported fo
     TargetConfig,
     TrainerConfig,
     TrunkConfig,
+    UnknownConfig,
     WandbConfig,
     WeightingConfig,
 )
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 # rules live. ``validate`` calls them after the checks every key shares (choices, ranges).
 COMPONENT_CHECKS = ("fedaux.data.capture", "fedaux.data.partition", "fedaux.model.factory", "fedaux.federated.engines",
                     "fedaux.federated.compression", "fedaux.federated.privacy", "fedaux.federated.pipeline",
-                    "fedaux.model.semi", "fedaux.federated.phases")
+                    "fedaux.model.semi", "fedaux.federated.phases", "fedaux.unknown")
 
 
 def choices() -> dict[str, list[str]]:

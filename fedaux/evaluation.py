@@ -1,6 +1,7 @@
 """Scoring a trained run on labelled flows: window- and flow-level metrics of every head, per-class
-precision/recall/F1 (torchmetrics), a confusion matrix, and the coverage/accuracy trade-off of
-calling low-confidence flows ``unknown``."""
+precision/recall/F1 (torchmetrics), a confusion matrix, the coverage/accuracy trade-off of
+calling low-confidence flows ``unknown``, and how well each unknown score (:mod:`fedaux.unknown`)
+tells the flows of known classes from those of classes the model never saw."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torchmetrics.classification import (
 
 from fedaux.inference import Predictor, TrainedRun
 from fedaux.model.module import flow_means
+from fedaux.unknown import UnknownScoring, detection_report
 
 THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
@@ -46,16 +48,21 @@ def coverage_curve(confidence: np.ndarray, correct: np.ndarray, thresholds=THRES
 
 
 def evaluate(run: TrainedRun, x: np.ndarray, flow_index: np.ndarray, flow_labels: dict[str, np.ndarray],
-             predictor: Predictor | None = None, unknown_flows: dict[str, int] | None = None) -> dict[str, Any]:
-    """Metrics of every classification head at window and flow level.
+             predictor: Predictor | None = None, unknown_flows: dict[str, int] | None = None,
+             scoring: UnknownScoring | None = None) -> dict[str, Any]:
+    """Metrics of every classification head at window and flow level, and ``unknown_detection``:
+    per unknown score, how it separates known flows from unknown ones (:func:`unknown_detection`).
 
     Args:
         x: ``(N, C, packets)`` windows; ``flow_index`` ``(N,)`` their flow (0..F-1).
-        flow_labels: per task, ``(F,)`` class index in the model's classes, or -1 where the flow's
-            class is one the model does not know (left out of the scores, counted apart).
+        flow_labels: per task, ``(F,)`` class index in the model's classes, or negative where the
+            flow's class is one the model does not know (left out of the scores, counted apart:
+            the unknown flows).
+        predictor: what scores the windows (default: the run's model, with logits and features).
         unknown_flows: class name -> number of flows whose class the model does not know.
+        scoring: the unknown scores' statistics and suggested thresholds (default: the run's).
     """
-    probs = (predictor or run.predictor())(x)
+    probs = (predictor or run.predictor(extras=True))(x)
     num_flows = int(flow_index.max()) + 1 if len(flow_index) else 0
     report: dict[str, Any] = {"windows": int(len(x)), "flows": num_flows, "heads": {},
                               "unknown_classes": dict(unknown_flows or {})}
@@ -92,7 +99,25 @@ def evaluate(run: TrainedRun, x: np.ndarray, flow_index: np.ndarray, flow_labels
                 # Where the flows of classes the model never saw would land, and how sure it was.
                 head["unknown_confidence_mean"] = float(confidence[~known_f.numpy()].mean())
         report["heads"][task] = head
+    main = run.model.main_task
+    if main in flow_labels:
+        report["unknown_detection"] = unknown_detection(scoring or run.unknown_scoring(), probs, flow_index,
+                                                        torch.as_tensor(flow_labels[main]) < 0)
     return report
+
+
+def unknown_detection(scoring: UnknownScoring, outputs: dict[str, np.ndarray], flow_index: np.ndarray,
+                      is_unknown: torch.Tensor) -> dict[str, Any]:
+    """Every unknown score the outputs allow, on flows ``is_unknown`` ``(F,)`` against the others:
+    AUROC, the share of unknown flows rejected at the threshold keeping 95% of these known flows,
+    and at the run's suggested threshold (:func:`fedaux.unknown.detection_report`)."""
+    num_flows = len(is_unknown)
+    out: dict[str, Any] = {"known_flows": int((~is_unknown).sum()), "unknown_flows": int(is_unknown.sum()),
+                           "score": scoring.default, "scores": {}}
+    for name in scoring.available(outputs):
+        scores = scoring.score(name, outputs, flow_index, num_flows)
+        out["scores"][name] = detection_report(scores, is_unknown, (scoring.suggested or {}).get(name))
+    return out
 
 
 def plot_confusion(matrix: list[list[int]], names: list[str], path: Path, title: str) -> None:

@@ -4,6 +4,8 @@ A run folder holds ``config.yaml`` (the experiment), ``model.pt`` (the final glo
 ``data.json`` (what the model expects: class names per target, features, window length, the
 packet-length quantity). A flow's probability for a class is the mean of its windows' softmax
 probabilities (:func:`~fedaux.model.module.flow_means`); its prediction is the most probable class.
+Beside it, a flow's unknown score (:mod:`fedaux.unknown`) says how unlike every known class it looks;
+above a threshold the flow is labelled ``unknown``.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from fedaux.data.flows import FlowCollection
 from fedaux.data.samples import stream
 from fedaux.errors import ConfigError, DataError
 from fedaux.model.module import flow_means
+from fedaux.unknown import STATISTICS_FILE, FeatureStatistics, UnknownScoring, window_outputs
 
 UNKNOWN = "unknown"
 ETHERNET_HEADER = 14  # bytes between an IP packet and its Ethernet frame length (no VLAN tag)
 
-# A predictor maps windows (N, C, packets) float32 to {task: (N, K) probabilities}.
+# A predictor maps windows (N, C, packets) float32 to {task: (N, K) probabilities}; the run's own
+# model may add the main-task logits and the trunk's features (fedaux.unknown.WINDOW_LOGITS, WINDOW_FEATURES).
 Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
@@ -80,20 +84,26 @@ class TrainedRun:
         return {"subflows_per_flow": int(data.subflows_per_flow), "min_packets": int(data.min_packets),
                 "seed": int(self.cfg.seed)}
 
-    def predictor(self, batch_size: int = 1024) -> Predictor:
-        """Eager PyTorch on the CPU: windows -> softmax probabilities per task."""
+    def predictor(self, batch_size: int = 1024, extras: bool = False) -> Predictor:
+        """Eager PyTorch on the CPU: windows -> softmax probabilities per task and, with ``extras``,
+        the main-task logits and the trunk's features the unknown scores read
+        (:func:`fedaux.unknown.window_outputs`)."""
         model = self.model
 
         def predict(x: np.ndarray) -> dict[str, np.ndarray]:
-            out: dict[str, list[np.ndarray]] = {t: [] for t in model.task_names}
-            with torch.inference_mode():
-                for start in range(0, len(x), batch_size):
-                    logits = model(torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])))
-                    for task, values in logits.items():
-                        out[task].append(torch.softmax(values, dim=-1).numpy())
-            return {t: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for t, v in out.items()}
+            return window_outputs(model, x, batch_size, extras=extras)
 
         return predict
+
+    def unknown_scoring(self) -> UnknownScoring:
+        """The run's unknown scores: its feature statistics (``unknown.pt``), ``model.unknown`` and
+        the thresholds ``summary.json`` suggests (a run from before them has neither)."""
+        path = self.run_dir / STATISTICS_FILE
+        summary_path = self.run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        unknown = self.cfg.model.unknown
+        return UnknownScoring(self.model.main_task, FeatureStatistics.load(path) if path.is_file() else None,
+                              float(unknown.temperature), str(unknown.score), summary.get("suggested_unknown_threshold"))
 
 
 def _data_info(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
@@ -146,16 +156,37 @@ def model_spec(run: TrainedRun) -> dict[str, Any]:
             "packet_length": run.info["packet_length"], "windowing": run.window_spec()}
 
 
+@dataclass(frozen=True)
+class UnknownRule:
+    """Which unknown score the rows show, and above which value a flow is ``unknown``.
+
+    Attributes:
+        scoring: the run's (or an exported model's) :class:`~fedaux.unknown.UnknownScoring`.
+        score: an :data:`~fedaux.unknown.UNKNOWN_SCORES` name.
+        threshold: a flow scoring above it is ``unknown``; None: the score is shown, not applied.
+    """
+
+    scoring: UnknownScoring
+    score: str
+    threshold: float | None = None
+
+
 def predict_flows(spec: Mapping[str, Any], flows: FlowCollection, predictor: Predictor, *,
-                  min_confidence: float = 0.0, top: int = 3) -> list[dict[str, Any]]:
+                  min_confidence: float = 0.0, top: int = 3, unknown: UnknownRule | None = None) -> list[dict[str, Any]]:
     """One row per flow with at least one window: its name, window count, each head's predicted
-    class and probability, and the main task's ``top`` classes. A main-task prediction below
-    ``min_confidence`` is ``unknown``. ``spec`` is :func:`model_spec` or an exported model's metadata."""
+    class and probability, with ``unknown`` the flow's ``unknown_score``, and the main task's ``top``
+    classes. A main-task prediction below ``min_confidence``, or scoring above ``unknown.threshold``,
+    is ``unknown``. ``spec`` is :func:`model_spec` or an exported model's metadata."""
     x, flow_index, _ = flow_windows(flows, spec["features"], spec["packets"], spec["windowing"])
     windows = np.bincount(flow_index, minlength=flows.num_flows)
-    per_flow = flow_probabilities(spec, predictor, x, flow_index, flows.num_flows)
+    outputs = predictor(x)
+    per_flow = {task: flow_means(outputs[task], flow_index, flows.num_flows).numpy() for task in spec["tasks"]}
+    scores = (unknown.scoring.score(unknown.score, outputs, flow_index, flows.num_flows).numpy()
+              if unknown is not None else None)
+    threshold = unknown.threshold if unknown is not None else None
     return [{"flow": flows.flow_names[f], "windows": int(windows[f]),
-             **prediction(spec, {task: p[f] for task, p in per_flow.items()}, min_confidence=min_confidence, top=top)}
+             **prediction(spec, {task: p[f] for task, p in per_flow.items()}, min_confidence=min_confidence, top=top,
+                          unknown_score=None if scores is None else float(scores[f]), unknown_threshold=threshold)}
             for f in np.flatnonzero(windows)]
 
 
@@ -168,17 +199,22 @@ def flow_probabilities(spec: Mapping[str, Any], predictor: Predictor, x: np.ndar
 
 
 def prediction(spec: Mapping[str, Any], probs: Mapping[str, np.ndarray], *, min_confidence: float = 0.0,
-               top: int = 3) -> dict[str, Any]:
+               top: int = 3, unknown_score: float | None = None, unknown_threshold: float | None = None
+               ) -> dict[str, Any]:
     """A row's prediction columns from one flow's class probabilities ``{task: (K,)}``: each head's
-    class and probability (the main task's ``unknown`` below ``min_confidence``), then the main
-    task's ``top`` classes and their probabilities (:func:`prediction_columns` lists them)."""
+    class and probability (the main task's ``unknown`` below ``min_confidence`` or with an
+    ``unknown_score`` above ``unknown_threshold``), the ``unknown_score`` where one is given, then
+    the main task's ``top`` classes and their probabilities (:func:`prediction_columns` lists them)."""
     main = spec["main_task"]
     row: dict[str, Any] = {}
+    rejected = unknown_score is not None and unknown_threshold is not None and unknown_score > unknown_threshold
     for task in spec["tasks"]:
         names, p = spec["class_names"][task], probs[task]
         best = int(np.argmax(p))
-        row[task] = names[best] if (task != main or p[best] >= min_confidence) else UNKNOWN
+        row[task] = names[best] if (task != main or (p[best] >= min_confidence and not rejected)) else UNKNOWN
         row[f"{task}_probability"] = round(float(p[best]), 6)
+    if unknown_score is not None:
+        row["unknown_score"] = round(unknown_score, 6)
     names, p = spec["class_names"][main], probs[main]
     for rank, k in enumerate(np.argsort(-p)[:top], start=1):
         row[f"top{rank}"] = names[int(k)]
@@ -186,8 +222,9 @@ def prediction(spec: Mapping[str, Any], probs: Mapping[str, np.ndarray], *, min_
     return row
 
 
-def prediction_columns(spec: Mapping[str, Any], top: int = 3) -> list[str]:
+def prediction_columns(spec: Mapping[str, Any], top: int = 3, unknown_score: bool = False) -> list[str]:
     """The keys :func:`prediction` gives, in order: known before any row (a stream's CSV header)."""
     columns = [c for task in spec["tasks"] for c in (task, f"{task}_probability")]
+    columns += ["unknown_score"] if unknown_score else []
     ranks = min(max(top, 0), len(spec["class_names"][spec["main_task"]]))
     return columns + [c for rank in range(1, ranks + 1) for c in (f"top{rank}", f"top{rank}_probability")]

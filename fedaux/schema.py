@@ -136,6 +136,15 @@ class ConsistencyConfig:
 
 
 @dataclass
+class UnknownConfig:
+    """Unknown-traffic scores (fedaux/unknown.py): which one fedaux-predict uses, and their options."""
+
+    score: str = "msp"  # an UNKNOWN_SCORES name: msp | energy | mahalanobis
+    temperature: float = 1.0  # energy: T in -T logsumexp(logits / T)
+    shrinkage: float | None = None  # mahalanobis: covariance shrinkage in [0, 1]; null: chosen by OAS
+
+
+@dataclass
 class ModelConfig:
     main_task: str = "traffic_class"
     trunk: TrunkConfig = field(default_factory=TrunkConfig)
@@ -145,6 +154,7 @@ class ModelConfig:
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    unknown: UnknownConfig = field(default_factory=UnknownConfig)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from fedaux.federated.runtime import ClientRuntime
 # Built-in callbacks every run gets (those disabled by config build to None), in this order:
 # communication, time and phase first (they feed the record), then the writers. The checkpoint comes
 # last, after the engine's and the user's callbacks, so it saves their state for the round too.
-DEFAULT_CALLBACKS = ("communication", "timer", "energy", "phase", "metrics", "wandb", "progress")
+DEFAULT_CALLBACKS = ("communication", "timer", "energy", "phase", "unknown", "metrics", "wandb", "progress")
 
 
 @dataclass

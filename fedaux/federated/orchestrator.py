@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ from fedaux.federated.privacy import ClientLevelDP
 from fedaux.federated.runtime import ClientRuntime
 from fedaux.federated.seeds import edge_noise_seed, fit_seed
 from fedaux.federated.selection import clients_per_round, select_clients
+from fedaux.unknown import FeatureSums
 
 if TYPE_CHECKING:
     from fedaux.federated.engines.base import Engine
@@ -125,6 +126,8 @@ class FederatedOrchestrator:
         self.summary: dict[str, Any] | None = None
         self._received: list[ClientUpdate] = []
         self._dropped: list[tuple[int, str]] = []
+        # The statistics pass after the last round (sum_features): the federation's feature sums.
+        self.feature_sums: FeatureSums | None = None
 
     # ------------------------------------------------------------------ views
     @property
@@ -312,6 +315,29 @@ class FederatedOrchestrator:
         self.completed_rounds = rnd
         self._call("on_round_end", rnd, record)
         return record
+
+    # ------------------------------------------------------------------ after the last round
+    def sum_features(self, gather: Callable[[dict[str, torch.Tensor]], Iterable[tuple[int, FeatureSums | str]]]) -> None:
+        """The statistics pass, once, after the last round: ``gather(global_state)`` has every base
+        station compute its :class:`~fedaux.unknown.FeatureSums` with the final global model (where,
+        is the engine's business: :meth:`~fedaux.federated.runtime.ClientRuntime.feature_sums`) and
+        yields ``(client, sums)``, or ``(client, reason)`` for one that failed (left out, logged).
+        The server adds the exact sums up into :attr:`feature_sums` (None: no base station answered).
+
+        Skipped under differential privacy (``privacy.mode`` other than none): exact per-class sums
+        would escape the privacy accounting.
+        """
+        self.feature_sums = None
+        if self.privacy is not None or self.runtime.options.dp_sgd is not None:
+            log.info("no feature statistics: exact per-class feature sums are not covered by the privacy accounting")
+            return
+        total: FeatureSums | None = None
+        for client, reply in gather(self.global_state):
+            if isinstance(reply, str):
+                log.warning("feature statistics: base station %d left out: %s", client, reply)
+                continue
+            total = reply if total is None else total + reply
+        self.feature_sums = total
 
     # ------------------------------------------------------------------ the run
     def run(self, drive: Callable[[FederatedOrchestrator], None] | None = None) -> dict[str, Any]:

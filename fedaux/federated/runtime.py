@@ -43,6 +43,7 @@ from fedaux.federated.seeds import fit_seed
 from fedaux.federated.strategies import Strategy, build_strategy
 from fedaux.model import build_model
 from fedaux.model.module import MultiTaskModule
+from fedaux.unknown import FeatureSums, feature_sums
 
 WEIGHTING_STATE = "weighting"  # namespace of what the loss weighting keeps between fits (DWA's history)
 DPSGD_STATE = "dpsgd"  # namespace of the DP-SGD accountant's history
@@ -223,6 +224,16 @@ class ClientRuntime:
         _set(kept, WEIGHTING_STATE, model.weighting.local_state())
         _set(kept, DPSGD_STATE, {"accountant": private.history_tensor()} if private is not None else {})
         return ClientFit(client, update.state, kept, len(samples), metrics, seconds, clock.seconds)
+
+    def feature_sums(self, samples: SampleSet, state: Mapping[str, torch.Tensor]) -> FeatureSums:
+        """A base station's part of the statistics pass after the last round: the final global
+        ``state`` loaded, per main-task class the count and feature sum of its labelled training
+        windows and the sum of their features' outer products (:class:`~fedaux.unknown.FeatureSums`).
+        Only these sums leave the base station."""
+        model = self.model
+        model.load_state_dict(state)
+        task = model.tasks[model.main_task]
+        return feature_sums(model, samples.x, samples.targets[task.target], task.out_features)
 
 
 def _set(local_state: LocalState, namespace: str, entries: Mapping[str, torch.Tensor]) -> None:

@@ -5,7 +5,8 @@ An engine decides only where and when base stations' fits run. What a fit is
 (:class:`~fedaux.federated.runtime.ClientRuntime`) and what the server does with an update
 (:class:`~fedaux.federated.orchestrator.FederatedOrchestrator`) are the same for every engine:
 each one calls the server's ``start_round`` -> ``client_started`` -> ``receive`` / ``drop`` ->
-``finish_round`` in that order, for every round.
+``finish_round`` in that order, for every round, then ``sum_features`` once (the statistics pass of
+:mod:`fedaux.unknown`: every base station's feature sums under the final global model).
 """
 
 from __future__ import annotations
@@ -65,6 +66,18 @@ class LocalEngine(Engine):
         first = server.completed_rounds + 1
         for rnd in range(first, first + server.rounds_to_run()):
             self.run_round(server, rnd)
+        server.sum_features(lambda state: self.feature_sums(server, state))
+
+    def feature_sums(self, server: FederatedOrchestrator, state: dict[str, Any]) -> Iterator[tuple[int, Any]]:
+        """The statistics pass: every base station's feature sums with the final global ``state``,
+        one after another in this process (the pass is one forward pass over the labelled windows,
+        which does not pay for sending the model to the worker processes); a base station that
+        raises yields its reason."""
+        for client, samples in enumerate(server.data.clients):
+            try:
+                yield client, server.runtime.feature_sums(samples, state)
+            except Exception as err:  # one failing base station must not cost the others' statistics
+                yield client, f"raised {type(err).__name__}: {err}"
 
     def run_round(self, server: FederatedOrchestrator, rnd: int) -> dict[str, Any]:
         """One round: select, fit (a base station that raises, hangs or whose worker dies is

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
@@ -42,6 +42,7 @@ from fedaux.federated.pipeline import LocalState
 from fedaux.federated.runtime import ClientFit, flatten_local_state, to_update, unflatten_local_state
 from fedaux.plugins import import_plugins
 from fedaux.schema import config_from_text
+from fedaux.unknown import FeatureSums
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,24 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({ARRAYS: to_record(fit.upload), METRICS: metrics}), reply_to=msg)
 
 
+FEATURE_SUMS = "feature_sums"  # the query action of the statistics pass (message type "query.feature_sums")
+
+
+@client_app.query(FEATURE_SUMS)
+def feature_sums(msg: Message, context: Context) -> Message:
+    """The statistics pass after the last round: this base station's feature sums under the final
+    global model the message carries (:meth:`~fedaux.federated.runtime.ClientRuntime.feature_sums`);
+    only the sums go back."""
+    config = cast(ConfigRecord, msg.content[CONFIG])
+    if int(_scalar(config.get("torch-threads", 0))) > 0:
+        torch.set_num_threads(int(_scalar(config["torch-threads"])))
+    client, samples = _samples_for(context, config)
+    runtime, _ = _runtime(str(config["experiment"]), str(config["target-classes"]), _client_identity(context)[1] is None)
+    sums = runtime.feature_sums(samples, from_record(cast(ArrayRecord, msg.content[ARRAYS])))
+    reply = RecordDict({ARRAYS: to_record(sums.state_dict()), METRICS: MetricRecord({"client": client})})
+    return Message(content=reply, reply_to=msg)
+
+
 def fit_from_reply(content: RecordDict) -> ClientFit:
     """The :class:`ClientFit` a node's reply carries (its local state stayed on the node)."""
     metrics = dict(cast(MetricRecord, content[METRICS]))
@@ -349,6 +368,29 @@ class FedauxServerStrategy(Strategy):
         main = f"val/acc/{self.orchestrator.model.main_task}"
         return to_record(self.orchestrator.global_state), MetricRecord({"accuracy": float(record[main])})
 
+    def feature_sums(self, grid: Grid, state: dict[str, torch.Tensor]) -> Iterator[tuple[int, FeatureSums | str]]:
+        """The statistics pass: the final global ``state`` to every base station's node, its
+        :class:`~fedaux.unknown.FeatureSums` back (in base-station order), or why it has none."""
+        if not self.node_of_client:
+            self._identify_nodes(grid)
+        record = RecordDict({ARRAYS: to_record(state), CONFIG: ConfigRecord(dict(self.base_config))})
+        clients = sorted(self.node_of_client)
+        messages = [Message(content=record, message_type=f"{MessageType.QUERY}.{FEATURE_SUMS}",
+                            dst_node_id=self.node_of_client[c]) for c in clients]
+        client_of_node = {node: client for client, node in self.node_of_client.items()}
+        outcome: dict[int, FeatureSums | str] = {}
+        for reply in grid.send_and_receive(messages, timeout=self.timeout_s):
+            client = client_of_node.get(reply.metadata.src_node_id, -1)
+            if reply.has_error():
+                outcome[client] = f"failed on its node: {reply.error.reason}"
+                continue
+            try:
+                outcome[client] = FeatureSums.from_state_dict(from_record(cast(ArrayRecord, reply.content[ARRAYS])))
+            except (KeyError, ValueError) as err:
+                outcome[client] = f"sent malformed feature sums: {err}"
+        for client in clients:
+            yield client, outcome.get(client, timeout_reason(self.timeout_s, "no reply to Flower"))
+
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         return []  # the server evaluates the global model on the held-out flows in aggregate_train
 
@@ -365,12 +407,12 @@ def flower_driver(grid: Grid, experiment_yaml: str, traffic: FlowerTraffic, torc
         if traffic not in orchestrator.callbacks:
             raise ValueError("the FlowerTraffic counter must be among the orchestrator's callbacks (FlowerEngine.callbacks)")
         remaining = orchestrator.rounds_to_run()  # fewer than left when the privacy budget ends the run
-        if remaining <= 0:
-            return
         strategy = FedauxServerStrategy(orchestrator, experiment_yaml, traffic, torch_threads,
                                         first_round=orchestrator.completed_rounds + 1, state_root=state_root,
                                         timeout_s=timeout_s)
-        strategy.start(grid, to_record(orchestrator.global_state), num_rounds=remaining, timeout=timeout_s)
+        if remaining > 0:
+            strategy.start(grid, to_record(orchestrator.global_state), num_rounds=remaining, timeout=timeout_s)
+        orchestrator.sum_features(lambda state: strategy.feature_sums(grid, state))
 
     return drive
 
