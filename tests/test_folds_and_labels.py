@@ -127,6 +127,11 @@ def test_a_one_capture_class_or_too_few_groups_is_an_error_under_folds():
         assign_folds(labels, 2, np.random.default_rng(0), groups, class_names=["Benign", "Tunnel"])
     with pytest.raises(ConfigError, match=r"data.folds=6: only 4 fold\(s\) get a flow"):
         assign_folds(labels[:4], 6, np.random.default_rng(0), groups[:4])
+    # A class of a single flow trains in every fold and is never tested (as under the single split).
+    lone = np.array([0, 0, 0, 0, 1])
+    fold_of = assign_folds(lone, 2, np.random.default_rng(0))
+    assert fold_of[4] == -1 and sorted(fold_of[:4].tolist()) == [0, 0, 1, 1]
+    assert all(4 in split_test_flows(lone, 0.2, np.random.default_rng(0), folds=2, fold=f)[0] for f in (0, 1))
 
 
 # ---------------------------------------------------------------------------------------- labels per class
