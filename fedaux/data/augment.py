@@ -7,7 +7,7 @@ float32, ``P = data.packets`` packets and one channel per ``data.features`` entr
 ``signed_length`` = ``±length / 1500`` in ``[-1, 1]`` (the sign is the direction), ``elapsed`` =
 ``log1p(t_us) / log1p(1e9)`` in ``[0, 1]``. A window shorter than ``P`` packets ends in padding,
 zero in every channel; a real packet never has length 0. Every augmentation returns a new tensor
-of the same shape, dtype and device, keeps padding at the end, keeps the window's first packet
+of the same shape, dtype and device, keeps padding at the end, keeps at least one real packet
 and keeps every channel in its range. Channels it does not know (a plug-in feature) move with
 their packets and are otherwise left alone.
 
