@@ -119,6 +119,9 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
                              "when it ends (idle for data.capture.idle_timeout_s, or the stream ends), 'both' "
                              "(default) writes both; the 'row' column says which")
     args, overrides = parser.parse_known_args(argv)
+    if args.run_dir and "=" in args.run_dir and not Path(args.run_dir).exists():  # --model FILE key=value: no RUN_DIR
+        overrides.insert(0, args.run_dir)
+        args.run_dir = None
     return _guarded("fedaux-predict", lambda: _predict(args, overrides))
 
 

@@ -94,6 +94,7 @@ class _Flow:
     starts: np.ndarray | None = None  # (k - 1,) int64 each sampler's window start
     picks: list[np.ndarray | None] = field(default_factory=list)  # each sampler's (packets + 1, 4) window
     next_start: np.ndarray | None = None  # (k - 1,) the start at which each sampler next replaces its window
+    next_min: int = 0  # the smallest of next_start: before it no sampler has anything to do
     rng: np.random.Generator | None = None
     first_due: bool = False
 
@@ -156,16 +157,26 @@ class FlowTable:
     def feed(self, cols: PacketColumns) -> list[Due]:
         """Add a batch of packets; the rows that fell due, flows ended by idleness included."""
         due: list[Due] = []
-        if len(cols.time_us) == 0:
+        n = len(cols.time_us)
+        if n == 0:
             return due
         order = np.argsort(cols.key, kind="stable")  # each 5-tuple's packets together, in capture order
         keys = cols.key[order]
+        # The batch's packet records at once; each flow's slice gets its direction and clock below.
+        records = np.empty((n, 4), dtype=np.int64)
+        records[:, TIME] = cols.time_us[order]
+        records[:, SIZE] = np.minimum(cols.size[order], 65535)
+        records[:, DIRECTION] = cols.forward[order]
+        records[0, ELAPSED] = 0
+        np.subtract(records[1:, TIME], records[:-1, TIME], out=records[1:, ELAPSED])  # gaps, fixed at each start
+        idle = np.flatnonzero(records[1:, ELAPSED] > self.timeout_us) + 1
         bounds = np.flatnonzero(keys[1:] != keys[:-1]) + 1
-        lo, hi = np.concatenate(([0], bounds)), np.concatenate((bounds, [len(keys)]))
+        lo, hi = np.concatenate(([0], bounds)), np.concatenate((bounds, [n]))
         # 5-tuples in the order of their last packet, so the table stays roughly in order of last activity.
         for g in np.argsort(order[hi - 1]).tolist():
-            rows = order[lo[g]:hi[g]]
-            self._feed_key(int(keys[lo[g]]), cols.time_us[rows], cols.forward[rows], cols.size[rows], due)
+            a, b = int(lo[g]), int(hi[g])
+            cuts = idle[np.searchsorted(idle, a + 1):np.searchsorted(idle, b)].tolist()
+            self._feed_key(int(keys[a]), records, [a, *cuts], [*cuts, b], due)
         latest = int(cols.time_us.max())
         self.clock_us = latest if self.clock_us is None else max(self.clock_us, latest)
         self._evict(due)
@@ -179,19 +190,19 @@ class FlowTable:
         return due
 
     # ------------------------------------------------------------------------------------------
-    def _feed_key(self, key: int, time_us: np.ndarray, forward: np.ndarray, size: np.ndarray, due: list[Due]) -> None:
-        cuts = (np.flatnonzero(np.diff(time_us) > self.timeout_us) + 1).tolist()
+    def _feed_key(self, key: int, records: np.ndarray, starts: list[int], ends: list[int], due: list[Due]) -> None:
+        """One 5-tuple's packets ``records[starts[0]:ends[-1]]``, cut where it was idle too long."""
         flow = self._flows.get(key)
-        if flow is not None and int(time_us[0]) - flow.last_us > self.timeout_us:
+        if flow is not None and int(records[starts[0], TIME]) - flow.last_us > self.timeout_us:
             self._end(key, due)
             flow = None
-        for lo, hi in zip([0, *cuts], [*cuts, len(time_us)]):
-            if lo:
+        for k, (a, b) in enumerate(zip(starts, ends)):
+            if k:
                 self._end(key, due)
-                flow = None
-            if flow is None:
-                flow = self._open(key, int(time_us[lo]), int(forward[lo]))
-            self._append(flow, time_us[lo:hi], forward[lo:hi], size[lo:hi], due)
+            if k or flow is None:
+                flow = self._open(key, int(records[a, TIME]), int(records[a, DIRECTION]))
+            assert flow is not None
+            self._append(flow, records[a:b], due)
         self._flows.move_to_end(key)
 
     def _open(self, key: int, start_us: int, forward: int) -> _Flow:
@@ -202,21 +213,27 @@ class FlowTable:
         flow = self._flows[key] = _Flow(flow_name(self.capture, flow_key, start_us), forward, start_us, keep)
         return flow
 
-    def _append(self, flow: _Flow, time_us: np.ndarray, forward: np.ndarray, size: np.ndarray, due: list[Due]) -> None:
-        n0, n1 = flow.packets, flow.packets + len(time_us)
+    def _append(self, flow: _Flow, records: np.ndarray, due: list[Due]) -> None:
+        """``records``: ``(m, 4)``, a view of the batch's records with the raw ``forward`` bit as
+        direction and the gap to the previous packet of the 5-tuple as elapsed (0 at the batch's
+        first); completed here in place."""
+        n0, n1 = flow.packets, flow.packets + len(records)
         needed = flow.keep and not (self.emit == "first" and flow.first_due)
         if needed:
-            gaps = np.diff(time_us, prepend=flow.last_us if n0 else time_us[0])
-            elapsed = flow.elapsed_us + np.cumsum(np.maximum(gaps, 0))
-            records = np.column_stack([time_us, np.clip(size, 0, 65535), forward == flow.first_forward,
-                                       elapsed]).astype(np.int64)
+            if not flow.first_forward:  # direction 1: sent like the flow's first packet
+                np.subtract(1, records[:, DIRECTION], out=records[:, DIRECTION])
+            elapsed = records[:, ELAPSED]
+            elapsed[0] = int(records[0, TIME]) - flow.last_us if n0 else 0
+            np.maximum(elapsed, 0, out=elapsed)  # a step back in time counts 0, as in the file path
+            np.cumsum(elapsed, out=elapsed)
+            elapsed += flow.elapsed_us
             if n0 < self.packets:
                 part = records[:self.packets - n0]
                 flow.head = part.copy() if flow.head is None else np.concatenate([flow.head, part])
             if self.samplers:
                 self._sample(flow, records, n0, n1)
             flow.elapsed_us = int(elapsed[-1])
-        flow.packets, flow.last_us = n1, int(time_us[-1])
+        flow.packets, flow.last_us = n1, int(records[-1, TIME])
         if needed and not flow.first_due and n1 >= self.threshold:
             flow.first_due = True
             if self.emit != "final":
@@ -229,11 +246,12 @@ class FlowTable:
         draw from ``[0, n - packets]``. A size-1 reservoir that last replaced at start ``c``
         keeps it through start ``m`` with probability ``(c + 1) / (m + 1)``, so its next
         replacement is drawn at once, ``floor((c + 1) / u)`` for ``u`` uniform in ``(0, 1]``."""
-        held = flow.recent if flow.recent is not None else records[:0]
-        buffer = np.concatenate([held, records])  # packets base .. n1 - 1
-        base = n0 - len(held)
+        keep = self.packets + 1  # the last packets a later window may start in, with the one before
         last = n1 - self.packets  # the last window start complete now
-        if last >= 0:
+        if last >= flow.next_min:
+            held = flow.recent if flow.recent is not None else records[:0]
+            buffer = np.concatenate([held, records])  # packets base .. n1 - 1
+            base = n0 - len(held)
             if flow.rng is None:
                 flow.rng = self._stream(self.seed, "windows_test", zlib.crc32(flow.name.encode()))
                 flow.starts = np.zeros(self.samplers, dtype=np.int64)
@@ -248,12 +266,17 @@ class FlowTable:
                 u = 1.0 - flow.rng.random(len(replaced))
                 flow.next_start[moving] = np.minimum(np.floor((replaced + 1) / u), _NEVER).astype(np.int64)
                 moving = flow.next_start <= last
+            flow.next_min = int(flow.next_start.min())
             for j in np.flatnonzero(chosen >= 0).tolist():
                 start = int(chosen[j])
                 flow.starts[j] = start
                 # Start 0 is the first window (the head); a window further in keeps the packet before it.
                 flow.picks[j] = buffer[start - 1 - base:start + self.packets - base].copy() if start else None
-        flow.recent = buffer[-(self.packets + 1):].copy()
+            flow.recent = buffer[-keep:].copy()
+        elif len(records) >= keep or flow.recent is None:
+            flow.recent = records[-keep:].copy()
+        else:
+            flow.recent = np.concatenate([flow.recent[len(records) - keep:], records])
 
     def _end(self, key: int, due: list[Due]) -> None:
         flow = self._flows.pop(key)
