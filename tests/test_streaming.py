@@ -20,12 +20,15 @@ from pathlib import Path
 import dpkt
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fedaux.cli_models import predict_main
 from fedaux.data.capture import CaptureDecoder, PacketColumns, read_captures, write_captures
 from fedaux.data.features import packet_features
 from fedaux.data.flows import FlowCollection
 from fedaux.data.reader import ParsedFlow
+from fedaux.errors import FedauxError
 from fedaux.inference import TrainedRun, model_spec, predict_flows
 from fedaux.streaming import ELAPSED, TIME, FlowTable, StreamPredictor, window_inputs
 
@@ -288,3 +291,31 @@ def test_garbage_on_stdin_is_one_line_naming_stdin(trained, capsys, monkeypatch)
     code, _, err = _predict_in_process(capsys, monkeypatch, [str(trained.run_dir), "--data", "x.pcap", "--emit",
                                                              "first"])
     assert code == 2 and "--emit applies to a stream (--data -)" in err
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    run = TrainedRun.load(trained.run_dir)
+    return model_spec(run), run.predictor()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.floats(0.0, 1.0), st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=3))
+def test_a_stream_cut_or_damaged_anywhere_ends_in_rows_and_one_error(capture, model, cut, damage):
+    """Whatever breaks the stream, the flows seen until then get their final rows, and the only
+    exception is a user error (one line, exit 2 from the command line), never a traceback."""
+    data = bytearray(capture.read_bytes())
+    data = data[:int(cut * len(data))]
+    for where, value in damage:
+        if data:
+            data[int(where * (len(data) - 1))] = value
+    spec, predictor = model
+    streamer = StreamPredictor(spec, predictor, idle_timeout_s=60.0, emit="both")
+    rows = []
+    try:
+        for row in streamer.rows(io.BytesIO(bytes(data))):
+            rows.append(row)
+    except FedauxError as err:
+        assert str(err).startswith("<stdin>: ")
+    first = {r["flow"] for r in rows if r["row"] == "first"}
+    assert first <= {r["flow"] for r in rows if r["row"] == "final"} and streamer.table.active == 0
