@@ -421,9 +421,9 @@ class StreamPredictor:
         rows = []
         for i, d in enumerate(due):
             self.counts[d.kind] += 1
-            rows.append({"flow": d.flow, "row": d.kind, "packets": d.packets, "windows": len(d.windows),
-                         **self._prediction(self.spec, {t: p[i] for t, p in probs.items()},
-                                      min_confidence=self.min_confidence, top=self.top)})
+            prediction = self._prediction(self.spec, {t: p[i] for t, p in probs.items()},
+                                          min_confidence=self.min_confidence, top=self.top)
+            rows.append({"flow": d.flow, "row": d.kind, "packets": d.packets, "windows": len(d.windows), **prediction})
         return rows
 
 
