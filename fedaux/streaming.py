@@ -304,6 +304,7 @@ class FlowTable:
             if flow.last_us >= limit:
                 break
             self._end(key, due)
+            self.decoder.forget(key)  # the decoder's 5-tuple table stays as small as this one
 
 
 def window_inputs(windows: Sequence[np.ndarray], features: Sequence[str], packets: int) -> np.ndarray:

@@ -196,17 +196,19 @@ def test_an_idle_flow_is_emitted_and_dropped_while_others_go_on(trained, tmp_pat
     run = TrainedRun.load(trained.run_dir)
     streamer = StreamPredictor(model_spec(run), run.predictor(), idle_timeout_s=60.0, emit="both")
     cols = _packets(flows, tmp_path, streamer.decoder)
-    seen, active = [], []
+    seen, active, known = [], [], []
     for i in range(len(cols.time_us)):  # one packet per batch, as a slow live link delivers them
         for row in streamer.feed(_batch(cols, slice(i, i + 1))):
             seen.append((i, row["row"], row["flow"].split(":")[1].split(" ")[0], row["packets"]))
         active.append(streamer.table.active)
+        known.append(len(streamer.decoder.keys))
     short = [s for s in seen if s[3] == 20]
     assert len(short) == 1 and short[0][1] == "final"
     evicted_at = short[0][0]
     # Evicted by the first packet more than 60 s after its last one, while B goes on.
     assert (cols.time_us[evicted_at] - cols.time_us[:evicted_at][cols.key[:evicted_at] == cols.key[0]].max()) > 60e6
     assert max(active[:evicted_at]) == 2 and set(active[evicted_at:]) == {1}
+    assert set(known[evicted_at:]) == {1}  # the decoder forgets the evicted flow's 5-tuple too
     assert [s[1:] for s in seen if s[3] != 20] == [("first", "10001", PACKETS)]
     final = streamer.finish()
     assert [(r["row"], r["packets"], r["windows"]) for r in final] == [("final", 120, 16)]

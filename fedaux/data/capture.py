@@ -144,8 +144,9 @@ class CaptureDecoder:
             raise ConfigError(f"data.capture.length={length!r} is not valid; choose one of {list(PACKET_LENGTHS)}")
         self.length, self.vectorised = length, vectorised
         self.report = report if report is not None else CaptureReport()
-        self.keys: list[tuple[int, ...]] = []
+        self.keys: dict[int, tuple[int, ...]] = {}  # index -> 5-tuple, for the 5-tuples not forgotten
         self._index: dict[tuple[int, ...], int] = {}
+        self._next = 0
 
     def packets(self, handle: BinaryIO, name: str) -> Iterator[PacketColumns]:
         """The TCP/UDP packets of the capture read from ``handle``, batch by batch, as they are read.
@@ -183,8 +184,9 @@ class CaptureDecoder:
             ends = (row[0] >> 8, row[0] & 0xFF, *row[1:])
             index = self._index.get(ends)
             if index is None:
-                index = self._index[ends] = len(self.keys)
-                self.keys.append(ends)
+                index = self._index[ends] = self._next
+                self.keys[index] = ends
+                self._next += 1
             ids[u] = index
         ip_length = decoded.ip_length[rows]
         if self.length == "frame":
@@ -194,6 +196,13 @@ class CaptureDecoder:
         else:
             size = ip_length - decoded.header_bytes[rows]
         return PacketColumns(time_us, ids[inverse].astype(np.int32), forward.astype(np.uint8), size.astype(np.int32))
+
+    def forget(self, index: int) -> None:
+        """Drop the 5-tuple ``index`` (a stream's flow that ended idle), so the table holds only the
+        active 5-tuples; a later packet of the same 5-tuple gets a new index."""
+        ends = self.keys.pop(index, None)
+        if ends is not None:
+            del self._index[ends]
 
     def flow_key(self, index: int, first_forward: bool) -> FlowKey:
         """The 5-tuple ``index`` as text, ``src`` the sender of a flow's first packet."""
