@@ -73,6 +73,7 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # slow (about 40 s on 2 cores): a second Flower simulation; tests/test_flower_resume.py covers node state in the fast suite
 def test_a_resumed_flower_run_equals_an_uninterrupted_one(flower_three_rounds):
     tmp_path, whole = flower_three_rounds
     first = run(_cfg(tmp_path, "flower", rounds=2, folder="split"))

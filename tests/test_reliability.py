@@ -159,6 +159,7 @@ def _train_cli(tmp_path, *args):
             "logging.wandb.mode=disabled", *args]
 
 
+@pytest.mark.slow  # slow (about 55 s on 2 cores): three CLI runs; the fast suite keeps the in-process resume tests
 def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path):
     killed_dir, whole_dir = tmp_path / "killed", tmp_path / "whole"
     proc = subprocess.Popen(_train_cli(killed_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
