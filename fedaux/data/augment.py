@@ -88,20 +88,26 @@ def packet_mask(x: torch.Tensor, layout: ChannelLayout) -> torch.Tensor:
     return positions <= last
 
 
+def _exact(x: torch.Tensor) -> torch.dtype:
+    """The dtype times and lengths are worked in: float64 (µs over minutes), float32 where the
+    device has no float64 (Apple's MPS)."""
+    return torch.float32 if x.device.type == "mps" else torch.float64
+
+
 def _uniform(x: torch.Tensor, shape: Sequence[int], generator: Generator) -> torch.Tensor:
-    return torch.rand(tuple(shape), generator=generator, device=x.device, dtype=torch.float64)
+    return torch.rand(tuple(shape), generator=generator, device=x.device, dtype=_exact(x))
 
 
 def _normal(x: torch.Tensor, shape: Sequence[int], generator: Generator) -> torch.Tensor:
-    return torch.randn(tuple(shape), generator=generator, device=x.device, dtype=torch.float64)
+    return torch.randn(tuple(shape), generator=generator, device=x.device, dtype=_exact(x))
 
 
 _LOG_IAT, _LOG_ELAPSED = math.log1p(IAT_SATURATION_US), math.log1p(ELAPSED_SATURATION_US)
 
 
 def _gaps_us(iat: torch.Tensor) -> torch.Tensor:
-    """Normalised inter-arrival channel -> microseconds, float64 (a saturated 1 reads as 1e7)."""
-    return torch.expm1(iat.double() * _LOG_IAT)
+    """Normalised inter-arrival channel -> microseconds (a saturated 1 reads as 1e7)."""
+    return torch.expm1(iat.to(_exact(iat)) * _LOG_IAT)
 
 
 def _iat(gaps_us: torch.Tensor) -> torch.Tensor:
@@ -182,7 +188,7 @@ def iat_jitter(x: torch.Tensor, layout: ChannelLayout, generator: Generator = No
     out[:, iat] = torch.where(real, _iat(jittered).to(x.dtype), x[:, iat])
     elapsed = layout.index("elapsed")
     if elapsed is not None:
-        since_start = torch.expm1(x[:, elapsed].double() * _LOG_ELAPSED)
+        since_start = torch.expm1(x[:, elapsed].to(_exact(x)) * _LOG_ELAPSED)
         moved = since_start + torch.cumsum(jittered - gaps, dim=1)
         value = (torch.log1p(moved.clamp_min(0)) / _LOG_ELAPSED).clamp(0, 1)
         out[:, elapsed] = torch.where(real, value.to(x.dtype), x[:, elapsed])
@@ -197,7 +203,7 @@ def length_noise(x: torch.Tensor, layout: ChannelLayout, generator: Generator = 
     """
     _check(std_bytes >= 0, f"std_bytes={std_bytes!r} must be >= 0")
     channel = layout.require("signed_length", "length_noise")
-    signed = x[:, channel].double()
+    signed = x[:, channel].to(_exact(x))
     real = signed != 0
     noisy = (signed.abs() * MTU_BYTES + std_bytes * _normal(x, real.shape, generator)).round().clamp(1, MTU_BYTES)
     out = x.clone()

@@ -125,7 +125,7 @@ class MultiTaskModule(L.LightningModule):
         if sorted(self.contrastive) != views_for:
             raise ValueError(f"contrastive views {sorted(self.contrastive)} must be given for exactly the contrastive "
                              f"heads {views_for}")
-        self.pretraining = False  # set by the client runtime for a pre-training round's fit
+        self._pretraining = False
         self._train_sum: torch.Tensor | None = None  # (1 + 2T,) sample-weighted sums this epoch
         self._train_seen = 0
         self._semi_sum: torch.Tensor | None = None  # (3,) consistency loss x windows, confident, unlabelled
@@ -138,6 +138,18 @@ class MultiTaskModule(L.LightningModule):
         self.automatic_optimization = not getattr(weighting, "needs_gradients", False)
         self.manual_clip_val: float | None = None
         self.dp_sgd: DPSGD | None = None  # a fedaux.federated.privacy.DPSGD during a DP-SGD local fit
+
+    @property
+    def pretraining(self) -> bool:
+        """Whether this fit is a pre-training round's (set by the client runtime): the main task's
+        loss is 0 and its head frozen from the first epoch's start."""
+        return self._pretraining
+
+    @pretraining.setter
+    def pretraining(self, value: bool) -> None:
+        self._pretraining = bool(value)
+        if not value:  # also after a fit that stopped early: the main head trains again
+            self.heads[self.main_task].requires_grad_(True)
 
     @staticmethod
     def _metrics(spec: TaskSpec) -> MetricCollection:
@@ -210,8 +222,12 @@ class MultiTaskModule(L.LightningModule):
         x = batch["x"]
         views = self._draw_views(batch) if views is None else views
         self._step_views = views
-        features = self.trunk(torch.cat([x, *views.values()]) if views else x)
-        parts = dict(zip([("batch", "x"), *views], features.split([len(x), *(len(v) for v in views.values())])))
+        if views:
+            features = self.trunk(torch.cat([x, *views.values()]))
+            parts = dict(zip([("batch", "x"), *views], features.split([len(x), *(len(v) for v in views.values())])))
+        else:
+            features = self.trunk(x)
+            parts = {("batch", "x"): features}
         own = parts[("batch", "x")]
         # The main task waits during pre-training: no loss and no gradient, so its head stays as it came.
         trained = [t for t in self.task_names if self.tasks[t].kind != CONTRASTIVE
@@ -305,6 +321,9 @@ class MultiTaskModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._train_sum, self._train_seen, self._semi_sum = None, 0, None
+        if self.pretraining:  # after the callbacks' hooks (FedRep's freezing): the main head waits
+            # frozen, so no optimiser (nor DP-SGD's per-sample clipping) counts it as trained
+            self.heads[self.main_task].requires_grad_(False)
 
     def on_train_epoch_end(self) -> None:
         self.weighting.on_epoch_end()
