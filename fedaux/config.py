@@ -72,6 +72,7 @@ def choices() -> dict[str, list[str]]:
     from fedaux.model.optimizers import OPTIMIZERS
     from fedaux.model.trunk import NORMS
     from fedaux.model.weighting import WEIGHTINGS
+    from fedaux.unknown import UNKNOWN_SCORES
 
     return {
         "data.format": format_names(),
@@ -83,6 +84,7 @@ def choices() -> dict[str, list[str]]:
         "model.trunk.norm": NORMS.names(),
         "model.weighting.name": WEIGHTINGS.names(),
         "model.optimizer.name": OPTIMIZERS.names(),
+        "model.unknown.score": UNKNOWN_SCORES.names(),
         "federated.engine": ENGINES.names(),
         "federated.aggregation": AGGREGATION_RULES.names(),
         "federated.strategy": STRATEGIES.names(),

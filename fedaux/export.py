@@ -65,6 +65,8 @@ def metadata(run: TrainedRun) -> dict[str, Any]:
         "input": "windows (B, C, packets) float32, one channel per feature, zero-padded after a flow's last packet",
         "outputs": "per task, (B, classes) softmax probabilities; a flow's probability is the mean over its windows",
         "suggested_min_confidence": summary.get("suggested_min_confidence"),
+        # per unknown score; an exported model gives probabilities, so fedaux-predict --model uses msp's
+        "suggested_unknown_threshold": summary.get("suggested_unknown_threshold"),
     }
 
 

@@ -319,9 +319,9 @@ def mahalanobis(inputs: ScoreInputs) -> torch.Tensor:
 
 
 def check_config(cfg: Any) -> None:
-    """``model.unknown`` (called by :func:`fedaux.config.validate`)."""
+    """``model.unknown``'s options (called by :func:`fedaux.config.validate`, which checks the score's
+    name against :data:`UNKNOWN_SCORES`)."""
     unknown = cfg.model.unknown
-    UNKNOWN_SCORES.get(unknown.score)
     if not unknown.temperature > 0:
         raise ConfigError(f"model.unknown.temperature={unknown.temperature} must be > 0")
     if unknown.shrinkage is not None and not 0.0 <= unknown.shrinkage <= 1.0:
