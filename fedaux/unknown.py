@@ -2,15 +2,15 @@
 
 Every flow gets an **unknown score** beside its class; higher means less like any known class. A
 score is a function in :data:`UNKNOWN_SCORES` (``model.unknown.score`` chooses the one
-``fedaux-predict`` uses; ``fedaux-eval`` reports them all):
+``fedaux-predict`` uses; ``fedaux-eval`` reports them all). Each scores the mean of the flow's
+windows' outputs, as a flow's class is the argmax of its windows' mean probability:
 
-* ``msp``: one minus the maximum softmax probability of the flow (Hendrycks & Gimpel, arXiv
+* ``msp``: one minus the maximum of the flow's mean softmax probability (Hendrycks & Gimpel, arXiv
   1610.02136), the quantity ``--min-confidence`` thresholds: the baseline.
-* ``energy``: the free energy ``-T logsumexp(logits / T)`` of the main head (Liu et al., arXiv
-  2010.03759), averaged over the flow's windows.
-* ``mahalanobis``: the squared Mahalanobis distance of the trunk's features to the nearest class
-  mean under one shared (tied) covariance (Lee et al., arXiv 1807.03888), averaged over the flow's
-  windows.
+* ``energy``: the free energy ``-T logsumexp(z / T)`` of the flow's mean main-task logits ``z``
+  (Liu et al., arXiv 2010.03759).
+* ``mahalanobis``: the squared Mahalanobis distance of the flow's mean trunk features to the
+  nearest class mean under one shared (tied) covariance (Lee et al., arXiv 1807.03888).
 
 The class means and covariance come from **federated sums** (:class:`FeatureSums`): after the last
 round every base station loads the final global model and adds up, over its labelled training
@@ -296,26 +296,28 @@ def max_softmax(inputs: ScoreInputs) -> torch.Tensor:
 
 @register_score("energy", needs=("logits",))
 def energy(inputs: ScoreInputs) -> torch.Tensor:
-    """``-T logsumexp(z / T)`` of each window's main-task logits ``z`` ``(N, K)``, averaged over the
-    flow's windows: ``(F,)``. A flow's score is the mean of its windows' scores (each window is an
-    input the energy was defined for), not the energy of its mean logits."""
-    logits = _require(inputs, "energy", "logits").to(torch.float64)
+    """``-T logsumexp(z / T)`` of the flow's mean main-task logits ``z`` ``(F, K)``, the mean of its
+    windows' logits ``(N, K)``: ``(F,)``."""
+    logits = _require(inputs, "energy", "logits")
     t = inputs.temperature
-    return flow_mean(-t * torch.logsumexp(logits / t, dim=1), inputs.flow_index, inputs.num_flows)
+    return -t * torch.logsumexp(flow_mean(logits, inputs.flow_index, inputs.num_flows) / t, dim=1)
 
 
 @register_score("mahalanobis", needs=("features",))
 def mahalanobis(inputs: ScoreInputs) -> torch.Tensor:
-    """``min_k (f - mu_k)^T Sigma^-1 (f - mu_k)`` of each window's trunk features ``f`` ``(N, D)``
-    with the run's class means ``mu`` ``(K, D)`` and tied, shrunk covariance ``Sigma`` ``(D, D)``
-    (:class:`FeatureStatistics`), averaged over the flow's windows: ``(F,)``."""
+    """``min_k (f - mu_k)^T Sigma^-1 (f - mu_k)`` of the flow's mean trunk features ``f`` ``(F, D)``,
+    the mean of its windows' features ``(N, D)``, with the run's class means ``mu`` ``(K, D)`` and
+    tied, shrunk covariance ``Sigma`` ``(D, D)`` (:class:`FeatureStatistics`): ``(F,)``.
+
+    The statistics are of windows; averaging a known flow's windows shrinks the window-to-window
+    spread around its class mean, while an unseen service's offset from every class mean stays."""
     features = _require(inputs, "mahalanobis", "features")
     if inputs.statistics is None:
         raise ConfigError(f"the unknown score 'mahalanobis' needs the run's feature statistics ({STATISTICS_FILE}), "
                           "written at the end of training; this run has none (trained with privacy on, or "
                           "before fedaux had them): use --unknown-score msp or energy")
-    nearest = inputs.statistics.distances(features).min(dim=1).values
-    return flow_mean(nearest, inputs.flow_index, inputs.num_flows)
+    mean = flow_mean(features, inputs.flow_index, inputs.num_flows)
+    return inputs.statistics.distances(mean).min(dim=1).values
 
 
 def check_config(cfg: Any) -> None:
