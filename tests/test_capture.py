@@ -304,3 +304,15 @@ def test_a_split_by_groups_keeps_each_group_whole_and_stays_stratified():
     train, test = split_test_flows(flows.labels, 0.2, rng(), groups)
     assert not set(groups[train]) & set(groups[test])
     assert np.bincount(flows.labels[test]).tolist() == [5] * 5
+
+
+def test_a_packet_too_long_for_the_store_is_one_line_naming_the_flow_and_the_way_out():
+    """BIG TCP / segmentation offload captures hold IP packets above 65,535 bytes; a 65,535-byte IP
+    packet is 65,549 as a frame, which fits as ``ip``."""
+    with pytest.raises(FlowFormatError, match=r"bigtcp-ipv4.pcap: flow 'bigtcp-ipv4.pcap#tcp .*' has a packet of "
+                                              r"80,066 bytes, more than a store keeps \(65,535\) \(segmentation offload"):
+        read_captures(_needs(TCPDUMP / "bigtcp-ipv4.pcap"))
+    path = _needs(TCPDUMP / "bgp_mp_reach_nlri-oobr.pcap")
+    with pytest.raises(FlowFormatError, match=r"65,549 bytes.*with data.capture.length=ip it would count 65535 bytes"):
+        read_captures(path)
+    assert read_captures(path, length="ip")[0].lengths.max() == 65535

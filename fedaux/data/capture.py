@@ -356,7 +356,12 @@ def read_captures(root: str | Path, *, idle_timeout_s: float = 60.0, flow_filter
     iat_us[offsets[:-1]] = 0  # a capture flow starts at its first packet
     all_lengths = np.concatenate(lengths)
     if all_lengths.max() > np.iinfo(np.uint16).max:
-        raise FlowFormatError(f"{root}: a packet of {all_lengths.max()} bytes does not fit the store (max 65535)")
+        big = int(np.argmax([flow.max() for flow in lengths]))
+        hint = (f"; with data.capture.length=ip it would count {int(lengths[big].max()) - FRAME_OVERHEAD} bytes"
+                if length == "frame" and lengths[big].max() - FRAME_OVERHEAD <= np.iinfo(np.uint16).max else
+                " (segmentation offload or BIG TCP: capture on the wire, or with offload off)")
+        raise FlowFormatError(f"{root}: flow {names[big]!r} has a packet of {int(lengths[big].max()):,} bytes, more than "
+                              f"a store keeps (65,535){hint}")
     collection = FlowCollection(
         class_names=tuple(c for c, _ in classes), flow_names=tuple(names), labels=np.asarray(labels, dtype=np.int64),
         offsets=offsets.astype(np.int64), iat_us=iat_us.astype(np.int64), lengths=all_lengths.astype(np.uint16),
