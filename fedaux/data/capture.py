@@ -42,6 +42,7 @@ from fedaux.data.flow_filter import FlowKey, compile_filter
 from fedaux.data.flows import PACKET_LENGTHS, FlowCollection
 from fedaux.data.formats import FLOW_READERS, FlowReader
 from fedaux.data.packet_decode import (
+    ETHERNET,
     LINK_TYPES,
     NOT_IP,
     NOT_TCP_UDP,
@@ -57,7 +58,6 @@ from fedaux.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-ETHERNET = 1
 FRAME_OVERHEAD = 14  # ``frame`` = IP length + an Ethernet header, on every link layer
 
 

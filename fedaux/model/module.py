@@ -19,6 +19,7 @@ from fedaux.model.losses import LOSSES
 from fedaux.model.optimizers import build_optimizer
 from fedaux.model.semi import CONTRASTIVE, CONTRASTIVE_LOSS, Consistency, ContrastiveViews, nt_xent, pseudo_label_loss
 from fedaux.model.weighting import GradientWeighting, LossWeighting, SteppedWeighting
+from fedaux.unknown import flow_mean
 
 if TYPE_CHECKING:
     from fedaux.federated.privacy import DPSGD
@@ -33,11 +34,9 @@ def flow_means(probs: torch.Tensor | np.ndarray, flow_index: torch.Tensor | np.n
         tensor([[0.5000, 0.5000],
                 [0.2000, 0.8000]])
     """
-    probs = torch.as_tensor(probs, dtype=torch.float64)
-    index = torch.as_tensor(flow_index, dtype=torch.long)
-    sums = torch.zeros(num_flows, probs.shape[1], dtype=torch.float64).index_add_(0, index, probs)
-    counts = torch.bincount(index, minlength=num_flows).clamp_min(1).unsqueeze(1)
-    return (sums / counts).to(torch.float32)
+    # One per-flow average for the whole project (unknown scores average logits and features with it).
+    mean = flow_mean(torch.as_tensor(probs), torch.as_tensor(flow_index), num_flows)
+    return torch.nan_to_num(mean, nan=0.0).to(torch.float32)
 
 
 @dataclass(frozen=True)
