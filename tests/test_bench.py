@@ -223,3 +223,69 @@ def test_bench_runs_folds_by_seeds_and_reports_flow_accuracy_and_macro_f1(tmp_pa
     assert "2 folds x seeds [0], paired by (fold, seed)" in page
     assert "| method | window acc | flow acc | macro F1 | rounds to target |" in page
     assert "flow accuracy" in page  # the findings compare flow accuracy too
+
+
+def _unknown_bench(tmp_path):
+    path = tmp_path / "bench.yaml"
+    path.write_text(f"""
+seeds: [0]
+jobs: 1
+cache: {tmp_path / 'cache'}
+output: {tmp_path / 'docs'}
+overrides: {json.dumps([*TINY[:1], "federated.rounds=1", *TINY[2:]])}
+unknown:
+  title: leave one out
+  seeds: [0, 1]
+  data_sets:
+    quic: {REPO / 'conf' / 'quic.yaml'}
+  classes:
+    quic: [Youtube, Google Doc]
+""")
+    return path
+
+
+def test_the_unknown_board_leaves_each_class_out_in_its_own_runs(tmp_path):
+    from fedaux.bench.config import load_bench_config
+    from fedaux.bench.plan import plan
+    from fedaux.bench.unknown import render_unknown, unknown_board
+
+    bench, conf_dir = load_bench_config(_unknown_bench(tmp_path))
+    rows = plan(bench, conf_dir, {"unknown"})
+    assert list(rows) == [("unknown", "quic", "Youtube"), ("unknown", "quic", "Google Doc")]
+    specs = rows[("unknown", "quic", "Google Doc")]
+    assert [s.seed for s in specs] == [0, 1]
+    assert list(specs[0].load().data.exclude_classes) == ["Google Doc"]  # a name with a space stays whole
+    assert len({s.key() for v in rows.values() for s in v}) == 4
+    # Every class by default: the five services of the shipped store.
+    del bench.unknown.classes["quic"]
+    assert [k[2] for k in plan(bench, conf_dir, {"unknown"})] == ["Google Doc", "Google Drive", "Google Music",
+                                                                  "Google Search", "Youtube"]
+    bench, _ = load_bench_config(_unknown_bench(tmp_path))
+
+    def run(auroc, rejected):
+        return {"summary": {"rounds": 1, "final_accuracy": 0.5,
+                            "unknown_detection": {"msp": {"auroc": auroc, "rejected_at_95_known": rejected}}}}
+
+    results = {specs[0]: run(0.6, 0.2), specs[1]: run(0.8, 0.4),
+               rows[("unknown", "quic", "Youtube")][0]: run(1.0, 1.0), rows[("unknown", "quic", "Youtube")][1]: run(1.0, 0.8)}
+    board = unknown_board(bench, rows, results)
+    mean = board["data_sets"]["quic"]["mean"]["msp"]
+    assert mean["auroc"] == pytest.approx((0.7 + 1.0) / 2) and mean["rejected_at_95_known"] == pytest.approx((0.3 + 0.9) / 2)
+    assert mean["min_auroc"] == pytest.approx(0.7) and mean["classes"] == 2
+    page = "\n".join(render_unknown(board))
+    assert "| Google Doc | 0.500 | 0.700 / 30% |" in page and "| **mean** | | **0.850 / 60%** |" in page
+    with pytest.raises(ConfigError, match=r"unknown.classes.other: not one of unknown.data_sets \['quic'\]"):
+        load_bench_config(_unknown_bench(tmp_path), ["unknown.classes.other=[a]"])
+
+
+@pytest.mark.slow  # two one-round runs in a spawned worker
+def test_bench_scores_left_out_services_as_unknown(tmp_path):
+    results = run_bench(str(_unknown_bench(tmp_path)), ["unknown.seeds=[0]"], only=["unknown"], progress=False)
+    quic = results["unknown"]["data_sets"]["quic"]
+    assert set(quic["classes"]) == {"Youtube", "Google Doc"}
+    for entry in quic["classes"].values():
+        assert set(entry["scores"]) >= {"msp", "energy", "mahalanobis"}
+        for score in entry["scores"].values():
+            assert 0 <= score["auroc"]["mean"] <= 1 and 0 <= score["rejected_at_95_known"]["mean"] <= 1
+    page = (tmp_path / "docs" / "results.md").read_text()
+    assert "## leave one out" in page and "| **mean** |" in page

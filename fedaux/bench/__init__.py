@@ -2,7 +2,7 @@
 
 Sections: one leaderboard per entry of ``leaderboards`` (methods on identical data, paired by
 seed, or by (fold, seed) where the board cross-validates: ``folds``),
-the auxiliary-task ``ablation``, the ``sensitivity`` sweeps and the ``scale`` points. ``--only``
+the auxiliary-task ``ablation``, the leave-one-service-out ``unknown`` board, the ``sensitivity`` sweeps and the ``scale`` points. ``--only``
 recomputes some sections and keeps the others from the last ``results.json``. Finished runs are
 cached one file each (``cache``), so a killed benchmark restarts where it stopped.
 """
@@ -61,6 +61,7 @@ def _board_result(name: str, board, runs_by_method: dict[str, list[dict]], bench
     if board.scatter:
         plot_scatter(stats, board.scatter, fig_dir / f"{name}_{board.scatter}.png", board.title or name)
     return {
+        "machine": machine(),
         "config": OmegaConf.to_container(board),
         "seeds": list(board.seeds or bench.seeds),
         "folds": board_folds(bench, board),
@@ -101,7 +102,15 @@ def run_bench(config_path: str, overrides: list[str], only: list[str] | None = N
             runs_by_method = {m: [results_by_spec[s] for s in rows[(name, m, None)]] for m in board.methods}
             results["boards"][name] = _board_result(name, board, runs_by_method, bench, fig_dir)
         elif name in previous.get("boards", {}):
-            results["boards"][name] = previous["boards"][name]
+            # A board kept from an earlier invocation names the machine that measured it.
+            results["boards"][name] = {"machine": previous.get("machine"), **previous["boards"][name]}
+    if "unknown" in parts and bench.unknown is not None:
+        from fedaux.bench.unknown import unknown_board
+
+        results["unknown"] = unknown_board(bench, rows, results_by_spec, bench.confidence)
+        results["unknown"]["machine"] = results["machine"]
+    elif previous.get("unknown"):
+        results["unknown"] = {"machine": previous.get("machine"), **previous["unknown"]}
     if "sensitivity" in parts and bench.sensitivity:
         results["sensitivity"], results["sensitivity_keys"] = {}, {}
         for axis, spec in bench.sensitivity.items():

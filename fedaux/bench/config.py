@@ -41,6 +41,18 @@ class SweepAxis:
 
 
 @dataclass
+class UnknownBoardConfig:
+    """Leave-one-service-out unknown-traffic detection (:mod:`fedaux.bench.unknown`)."""
+
+    title: str = ""
+    about: str = ""
+    overrides: list[str] = field(default_factory=list)
+    data_sets: dict[str, str] = field(default_factory=dict)  # name -> "<experiment config> key=value ..."
+    classes: dict[str, list[str]] = field(default_factory=dict)  # classes to leave out; default: every class
+    seeds: list[int] | None = None  # default: the bench's seeds
+
+
+@dataclass
 class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     # k >= 2: every board row runs each (fold, seed) pair, fold i the test set (data.folds=k data.fold=i),
@@ -58,6 +70,7 @@ class BenchConfig:
     default_sections: list[str] | None = None
     leaderboards: dict[str, Board] = field(default_factory=dict)
     ablation: Board | None = None
+    unknown: UnknownBoardConfig | None = None
     sensitivity_board: str = "quic"  # the leaderboard whose method rows the sensitivity sweeps use
     sensitivity_methods: list[str] = field(default_factory=lambda: ["fedauxhmtl", "fedavg"])
     sensitivity_seeds: list[int] = field(default_factory=lambda: [0])
@@ -71,7 +84,7 @@ class BenchConfig:
 
 def sections(bench: DictConfig) -> list[str]:
     """Every section ``--only`` may name: each leaderboard, then ablation, sensitivity, scale."""
-    return [*bench.leaderboards, "ablation", "sensitivity", "scale"]
+    return [*bench.leaderboards, "ablation", "unknown", "sensitivity", "scale"]
 
 
 def board_folds(bench: DictConfig, board: DictConfig) -> int:
@@ -120,6 +133,12 @@ def load_bench_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[
         for role in ("baseline", "reference"):
             if board[role] is not None and board[role] not in board.methods:
                 raise ConfigError(f"{path}: {name}.{role}={board[role]!r} is not one of its methods {list(board.methods)}")
+    if cfg.unknown is not None:
+        for name, spec in cfg.unknown.data_sets.items():
+            split_method(spec, conf_dir, f"{path}: unknown.data_sets.{name}")
+        for name in cfg.unknown.classes:
+            if name not in cfg.unknown.data_sets:
+                raise ConfigError(f"{path}: unknown.classes.{name}: not one of unknown.data_sets {list(cfg.unknown.data_sets)}")
     for name in cfg.default_sections or []:
         if name not in sections(cfg):
             raise ConfigError(f"{path}: default_sections: {name!r} is not a section; choose from {sections(cfg)}")

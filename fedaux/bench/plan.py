@@ -40,6 +40,10 @@ def plan(bench: DictConfig, conf_dir: Path, parts: set[str]) -> dict[Row, list[R
             rows.update(board_specs(bench, conf_dir, name, board, folds=board_folds(bench, board)))
     if "ablation" in parts and bench.ablation is not None:
         rows.update(board_specs(bench, conf_dir, "ablation", bench.ablation, folds=board_folds(bench, bench.ablation)))
+    if "unknown" in parts and bench.unknown is not None:
+        from fedaux.bench.unknown import unknown_specs
+
+        rows.update(unknown_specs(bench, conf_dir))
     if "sensitivity" in parts and bench.sensitivity:
         board = bench.leaderboards[bench.sensitivity_board]
         for axis, spec in bench.sensitivity.items():

@@ -200,8 +200,10 @@ def render(results: dict[str, Any], bench, command: str) -> str:
         spec = board["config"]
         folds = int(board.get("folds") or 0)
         runs = f"{folds} folds x seeds {board['seeds']}, paired by (fold, seed)" if folds >= 2 else f"Seeds {board['seeds']}"
+        measured = (f"Measured on {board['machine']} (an earlier invocation). "
+                    if board.get("machine") and board["machine"] != results["machine"] else "")
         lines += [f"## {spec['title'] or name}", "", spec["about"] or "", "",
-                  f"{runs}; target accuracy {board['target_accuracy']}; "
+                  f"{measured}{runs}; target accuracy {board['target_accuracy']}; "
                   f"{board['rounds']} rounds. Rows: " + "; ".join(f"`{m}`: `{d}`" for m, d in spec["methods"].items())
                   + ".", ""]
         lines += board_table(board["stats"], _Board(spec), alpha)
@@ -216,6 +218,10 @@ def render(results: dict[str, Any], bench, command: str) -> str:
             lines += ["Personalised methods on each base station's own class mix (`personal/local_acc`: held-out "
                       "flows reweighted to the base station's labelled class shares, sample-weighted over base "
                       "stations), final round: " + "; ".join(f"`{m}` {_ci(s)}" for m, s in personal.items()) + ".", ""]
+    if results.get("unknown"):
+        from fedaux.bench.unknown import render_unknown
+
+        lines += render_unknown(results["unknown"], results["machine"])
     if results.get("sensitivity"):
         lines += ["## Sensitivity", "", results.get("sensitivity_note", ""), "",
                   "Each cell: final accuracy / rounds to target (censored mean).", ""]

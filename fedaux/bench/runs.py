@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -111,8 +112,16 @@ def run_quiet(cfg: DictConfig, data=None, energy: bool = True) -> dict[str, Any]
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     energy_cb = EnergyTracker(enabled=energy)
-    orchestrator = build_orchestrator(cfg, data, callbacks=[CommunicationTracker(), RoundTimer(), energy_cb])
-    summary = orchestrator.run()
+    callbacks: list[Any] = [CommunicationTracker(), RoundTimer(), energy_cb]
+    with tempfile.TemporaryDirectory() as run_dir:
+        if cfg.data.exclude_classes:
+            # Services left out of training: score their held-out flows as unknown (summary's
+            # unknown_detection); the statistics file it writes is not kept.
+            from fedaux.callbacks import UnknownTraffic
+
+            callbacks.append(UnknownTraffic.from_config(cfg, Path(run_dir)))
+        orchestrator = build_orchestrator(cfg, data, callbacks=callbacks)
+        summary = orchestrator.run()
     return {"history": orchestrator.history, "summary": summary, "energy_note": energy_cb.reason}
 
 
