@@ -132,18 +132,14 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ConfigError(f"--min-confidence={args.min_confidence} must be in [0, 1]")
     if args.emit is not None and args.data != STDIN_SOURCE:
         raise ConfigError(f"--emit applies to a stream (--data {STDIN_SOURCE}); a file's flows get one row each")
-    if args.data == STDIN_SOURCE:
-        if args.unknown_score is not None or args.unknown_threshold is not None:
-            raise ConfigError(f"--unknown-score and --unknown-threshold apply to files for now; a stream (--data "
-                              f"{STDIN_SOURCE}) has --min-confidence")
-        spec, predictor, run = _model(args.run_dir, args.model)
-        return _predict_stream(args, spec, predictor, _data_cfg(run, overrides))
     from fedaux.unknown import score_needs
 
     spec, predictor, run = _model(args.run_dir, args.model)
     unknown = _unknown_rule(args, spec, run)
     if args.model is None and score_needs(unknown.score):  # the run's model: logits and features too
         predictor = run.predictor(extras=True)
+    if args.data == STDIN_SOURCE:
+        return _predict_stream(args, spec, predictor, _data_cfg(run, overrides), unknown)
     flows = _source_flows(args.data, spec, _data_cfg(run, overrides), args.convert_lengths)
     rows = predict_flows(spec, flows, predictor, min_confidence=args.min_confidence, top=args.top, unknown=unknown)
     handle = open(args.out, "w", newline="") if args.out else sys.stdout
@@ -167,7 +163,7 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def _predict_stream(args: argparse.Namespace, spec: dict[str, Any], predictor, data_cfg) -> int:
+def _predict_stream(args: argparse.Namespace, spec: dict[str, Any], predictor, data_cfg, unknown) -> int:
     """``--data -``: rows of the capture on standard input as they fall due (:mod:`fedaux.streaming`)."""
     import torch
 
@@ -175,7 +171,7 @@ def _predict_stream(args: argparse.Namespace, spec: dict[str, Any], predictor, d
 
     streamer = StreamPredictor(spec, predictor, idle_timeout_s=float(data_cfg.capture.idle_timeout_s),
                                emit=args.emit or "both", min_confidence=args.min_confidence, top=args.top,
-                               flow_filter=str(data_cfg.capture.filter or ""))
+                               flow_filter=str(data_cfg.capture.filter or ""), unknown=unknown)
     handle = open(args.out, "w", newline="") if args.out else sys.stdout
     # One torch thread, as exported models run: a stream's batches are a few windows, which gain
     # nothing from threads and, on a busy machine, wait for a descheduled one.

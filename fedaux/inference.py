@@ -179,10 +179,7 @@ def predict_flows(spec: Mapping[str, Any], flows: FlowCollection, predictor: Pre
     is ``unknown``. ``spec`` is :func:`model_spec` or an exported model's metadata."""
     x, flow_index, _ = flow_windows(flows, spec["features"], spec["packets"], spec["windowing"])
     windows = np.bincount(flow_index, minlength=flows.num_flows)
-    outputs = predictor(x)
-    per_flow = {task: flow_means(outputs[task], flow_index, flows.num_flows).numpy() for task in spec["tasks"]}
-    scores = (unknown.scoring.score(unknown.score, outputs, flow_index, flows.num_flows).numpy()
-              if unknown is not None else None)
+    per_flow, scores = flow_predictions(spec, predictor, x, flow_index, flows.num_flows, unknown)
     threshold = unknown.threshold if unknown is not None else None
     return [{"flow": flows.flow_names[f], "windows": int(windows[f]),
              **prediction(spec, {task: p[f] for task, p in per_flow.items()}, min_confidence=min_confidence, top=top,
@@ -190,12 +187,18 @@ def predict_flows(spec: Mapping[str, Any], flows: FlowCollection, predictor: Pre
             for f in np.flatnonzero(windows)]
 
 
-def flow_probabilities(spec: Mapping[str, Any], predictor: Predictor, x: np.ndarray, flow_index: np.ndarray,
-                       num_flows: int) -> dict[str, np.ndarray]:
+def flow_predictions(spec: Mapping[str, Any], predictor: Predictor, x: np.ndarray, flow_index: np.ndarray,
+                     num_flows: int, unknown: UnknownRule | None = None
+                     ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Windows ``x`` ``(N, C, packets)`` of flows ``flow_index`` ``(N,)`` -> per classification task
-    ``(num_flows, K)``: each flow's mean window probability (zeros for a flow without windows)."""
-    probs = predictor(x)
-    return {task: flow_means(probs[task], flow_index, num_flows).numpy() for task in spec["tasks"]}
+    ``(num_flows, K)``: each flow's mean window probability (zeros for a flow without windows),
+    and with ``unknown`` each flow's unknown score ``(num_flows,)`` (else None). One forward pass
+    serves both; a file's flows and a stream's rows go through here alike."""
+    outputs = predictor(x)
+    probs = {task: flow_means(outputs[task], flow_index, num_flows).numpy() for task in spec["tasks"]}
+    scores = (unknown.scoring.score(unknown.score, outputs, flow_index, num_flows).numpy()
+              if unknown is not None else None)
+    return probs, scores
 
 
 def prediction(spec: Mapping[str, Any], probs: Mapping[str, np.ndarray], *, min_confidence: float = 0.0,

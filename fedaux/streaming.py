@@ -47,7 +47,7 @@ from fedaux.data.reader import FlowFormatError
 from fedaux.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fedaux.inference import Predictor
+    from fedaux.inference import Predictor, UnknownRule
 
 # torch (through fedaux.inference and fedaux.data.samples) is imported when a table or predictor is
 # made, not with this module: the command line reads EMIT to parse its arguments.
@@ -359,6 +359,9 @@ class StreamPredictor:
         predictor: windows ``(N, C, packets)`` -> ``{task: (N, K)}`` probabilities.
         idle_timeout_s, emit, flow_filter, capture: as :class:`FlowTable`.
         min_confidence, top: as :func:`~fedaux.inference.prediction`.
+        unknown: the unknown score every row shows (``unknown_score``) and the threshold above
+            which the flow is ``unknown`` (:class:`~fedaux.inference.UnknownRule`); a score that
+            reads logits or features needs a predictor that gives them. None: no such column.
 
     A row is ``flow``, ``row`` (``first`` or ``final``), ``packets`` (the flow's packets when
     the row fell due), ``windows``, then :func:`~fedaux.inference.prediction`'s columns: a
@@ -366,12 +369,13 @@ class StreamPredictor:
     """
 
     def __init__(self, spec: Mapping[str, Any], predictor: Predictor, *, idle_timeout_s: float, emit: str = "both",
-                 min_confidence: float = 0.0, top: int = 3, flow_filter: str = "", capture: str = STDIN) -> None:
-        from fedaux.inference import flow_probabilities, prediction, prediction_columns
+                 min_confidence: float = 0.0, top: int = 3, flow_filter: str = "", capture: str = STDIN,
+                 unknown: UnknownRule | None = None) -> None:
+        from fedaux.inference import flow_predictions, prediction, prediction_columns
 
-        self._probabilities, self._prediction, self._columns = flow_probabilities, prediction, prediction_columns
+        self._predictions, self._prediction, self._columns = flow_predictions, prediction, prediction_columns
         self.spec, self.predictor, self.capture = spec, predictor, capture
-        self.min_confidence, self.top = min_confidence, top
+        self.min_confidence, self.top, self.unknown = min_confidence, top, unknown
         windowing = spec["windowing"]
         self.decoder = CaptureDecoder(length=spec["packet_length"], report=CaptureReport())
         self.table = FlowTable(self.decoder, packets=int(spec["packets"]), min_packets=int(windowing["min_packets"]),
@@ -381,7 +385,7 @@ class StreamPredictor:
 
     @property
     def columns(self) -> list[str]:
-        return ["flow", "row", "packets", "windows", *self._columns(self.spec, self.top)]
+        return ["flow", "row", "packets", "windows", *self._columns(self.spec, self.top, self.unknown is not None)]
 
     def rows(self, handle: BinaryIO) -> Iterator[dict[str, Any]]:
         """Rows of the capture read from ``handle``, each as soon as it is due.
@@ -418,12 +422,15 @@ class StreamPredictor:
         windows = [w for d in due for w in d.windows]
         owner = np.repeat(np.arange(len(due)), [len(d.windows) for d in due])
         x = window_inputs(windows, self.spec["features"], int(self.spec["packets"]))
-        probs = self._probabilities(self.spec, self.predictor, x, owner, len(due))
+        probs, scores = self._predictions(self.spec, self.predictor, x, owner, len(due), self.unknown)
+        threshold = self.unknown.threshold if self.unknown is not None else None
         rows = []
         for i, d in enumerate(due):
             self.counts[d.kind] += 1
             prediction = self._prediction(self.spec, {t: p[i] for t, p in probs.items()},
-                                          min_confidence=self.min_confidence, top=self.top)
+                                          min_confidence=self.min_confidence, top=self.top,
+                                          unknown_score=None if scores is None else float(scores[i]),
+                                          unknown_threshold=threshold)
             rows.append({"flow": d.flow, "row": d.kind, "packets": d.packets, "windows": len(d.windows), **prediction})
         return rows
 

@@ -123,6 +123,7 @@ def test_a_capture_on_stdin_gets_the_classes_of_the_same_capture_read_as_a_file(
             assert row["traffic_class"] == expected["traffic_class"]
             assert float(row["traffic_class_probability"]) == pytest.approx(float(expected["traffic_class_probability"]),
                                                                             abs=1e-5)
+            assert float(row["unknown_score"]) == pytest.approx(float(expected["unknown_score"]), abs=1e-5)
         margins.append((float(expected["top1_probability"]) - float(expected["top2_probability"]),
                         row["traffic_class"] == expected["traffic_class"]))
     # Beyond one window the stream draws its random window starts apart from the file's (same
@@ -282,6 +283,34 @@ def test_pcapng_on_stdin_gives_the_rows_of_the_pcap(trained, capture, tmp_path, 
     sure = [r["traffic_class_probability"] >= 0.9 for r in from_pcap]
     assert any(sure) and not all(sure)
     assert all(r["traffic_class"] == (r["top1"] if ok else "unknown") for r, ok in zip(from_pcap, sure))
+
+
+@pytest.mark.parametrize("score", ["energy", "mahalanobis"])
+def test_streamed_rows_carry_the_files_unknown_score_and_threshold(trained, capture, capsys, monkeypatch, score):
+    # The scores that read logits (energy) or trunk features (mahalanobis, with the run's
+    # federated feature statistics) score a streamed flow as the file path scores it, and the
+    # threshold labels it "unknown" alike.
+    file_args = [str(trained.run_dir), "--data", str(capture), "--format", "jsonl", "--unknown-score", score]
+    code, out, err = _predict_in_process(capsys, monkeypatch, file_args)
+    assert code == 0, err
+    by_file = {_ends(r): r for r in map(json.loads, out.splitlines())}
+    threshold = float(np.median([r["unknown_score"] for r in by_file.values()]))  # half the flows above
+    args = [str(trained.run_dir), "--data", "-", "--format", "jsonl", "--unknown-score", score,
+            "--unknown-threshold", str(threshold)]
+    code, out, err = _predict_in_process(capsys, monkeypatch, args, capture)
+    assert code == 0, err
+    streamed = [json.loads(line) for line in out.splitlines()]
+    final = {_ends(r): r for r in streamed if r["row"] == "final"}
+    assert set(final) == set(by_file)
+    single = [f for f, r in final.items() if r["windows"] == 1]
+    assert len(single) == 10  # the flows of 30 and 60 packets: the same single window both ways
+    for flow in single:
+        assert final[flow]["unknown_score"] == pytest.approx(by_file[flow]["unknown_score"], rel=1e-4, abs=1e-4)
+    for row in streamed:
+        above = row["unknown_score"] > threshold
+        assert row["traffic_class"] == ("unknown" if above else row["top1"]), row
+    assert any(r["unknown_score"] > threshold for r in streamed) and not all(r["unknown_score"] > threshold
+                                                                            for r in streamed)
 
 
 def test_garbage_on_stdin_is_one_line_naming_stdin(trained, capsys, monkeypatch):
