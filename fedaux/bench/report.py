@@ -171,7 +171,8 @@ def _rounds(stats: dict[str, Any]) -> float | None:
 def render(results: dict[str, Any], bench, command: str) -> str:
     alpha = bench.alpha
     lines = [
-        "# Results: federated strategies, multi-task weightings and auxiliary tasks on two traffic data sets",
+        "# Results: federated strategies, loss weightings, auxiliary tasks, few labels and unknown services on two "
+        "traffic data sets",
         "",
         "Every number and plot on this page is written by one command, run from the repository root:",
         "",
