@@ -1,9 +1,9 @@
 """``fedaux-bench``: every table and plot of ``docs/results.md`` from ``conf/bench.yaml``.
 
 Sections: one leaderboard per entry of ``leaderboards`` (methods on identical data, paired by
-seed, or by (fold, seed) where the board cross-validates: ``folds``),
-the auxiliary-task ``ablation``, the leave-one-service-out ``unknown`` board, the ``sensitivity`` sweeps and the ``scale`` points. ``--only``
-recomputes some sections and keeps the others from the last ``results.json``. Finished runs are
+seed, or by (fold, seed) where the board cross-validates: ``folds``), the auxiliary-task
+``ablation``, the leave-one-service-out ``unknown`` board, the ``sensitivity`` sweeps and the
+``scale`` points. ``--only`` recomputes some sections and keeps the others from the last ``results.json``. Finished runs are
 cached one file each (``cache``), so a killed benchmark restarts where it stopped.
 """
 

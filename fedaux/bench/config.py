@@ -83,7 +83,7 @@ class BenchConfig:
 
 
 def sections(bench: DictConfig) -> list[str]:
-    """Every section ``--only`` may name: each leaderboard, then ablation, sensitivity, scale."""
+    """Every section ``--only`` may name: each leaderboard, then ablation, unknown, sensitivity, scale."""
     return [*bench.leaderboards, "ablation", "unknown", "sensitivity", "scale"]
 
 
