@@ -67,6 +67,7 @@ def choices() -> dict[str, list[str]]:
     from fedaux.federated.client import ACCELERATORS
     from fedaux.federated.compression import CODECS, downlink_codec_names
     from fedaux.federated.engines import ENGINES
+    from fedaux.federated.fit_loop import FIT_LOOPS
     from fedaux.federated.privacy import PRIVACY_MODES
     from fedaux.federated.strategies import STRATEGIES
     from fedaux.model.optimizers import OPTIMIZERS
@@ -86,6 +87,7 @@ def choices() -> dict[str, list[str]]:
         "model.optimizer.name": OPTIMIZERS.names(),
         "model.unknown.score": UNKNOWN_SCORES.names(),
         "federated.engine": ENGINES.names(),
+        "federated.fit_loop": list(FIT_LOOPS),
         "federated.aggregation": AGGREGATION_RULES.names(),
         "federated.strategy": STRATEGIES.names(),
         "privacy.mode": list(PRIVACY_MODES),

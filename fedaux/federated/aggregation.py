@@ -43,6 +43,42 @@ def cpu_state(module: torch.nn.Module) -> State:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
+def _plain_loading(module: torch.nn.Module) -> bool:
+    """Whether loading ``module``'s state is one copy per tensor: no load hooks, and no
+    ``_load_from_state_dict`` of its own beyond BatchNorm's and torchmetrics' (which only add
+    entries missing from old checkpoints, or load metric states a state dict does not hold here)."""
+    from torch.nn.modules.batchnorm import _NormBase
+    from torchmetrics import Metric
+
+    for sub in module.modules():
+        if sub._load_state_dict_pre_hooks or sub._load_state_dict_post_hooks:
+            return False
+        own = type(sub)._load_from_state_dict
+        if own is not torch.nn.Module._load_from_state_dict and not isinstance(sub, (_NormBase, Metric)):
+            return False
+    return True
+
+
+def load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """``module.load_state_dict(state)``, strict, as one in-place copy per tensor.
+
+    Every base station's fit starts with a load, and ``load_state_dict`` walks the module tree
+    with its checks and hooks: about 4 ms for this model against 0.7 ms for the copies on the
+    2-core reference VM, paid per fit. The copies are what ``load_state_dict`` does for matching
+    keys, shapes and dtypes; anything else (and a module with load hooks) goes through
+    ``load_state_dict`` and its error messages.
+    """
+    targets = module.state_dict(keep_vars=True)
+    if targets.keys() != state.keys() or not _plain_loading(module) or any(
+            t.shape != state[k].shape or t.dtype != state[k].dtype or t.device != state[k].device
+            for k, t in targets.items()):
+        module.load_state_dict(state)
+        return
+    with torch.no_grad():
+        for key, target in targets.items():
+            target.copy_(state[key])
+
+
 def state_nbytes(state: Mapping[str, torch.Tensor]) -> int:
     """Exact bytes of the tensors' data in a state dict (what goes over the wire, before framing)."""
     return sum(t.numel() * t.element_size() for t in state.values())

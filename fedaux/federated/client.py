@@ -21,6 +21,7 @@ import torch
 from fedaux.data.datamodule import HeldOutDataModule
 from fedaux.data.samples import SampleSet
 from fedaux.errors import ConfigError
+from fedaux.federated.aggregation import load_state
 from fedaux.labels import IGNORE_INDEX
 from fedaux.model.module import MultiTaskModule
 
@@ -204,7 +205,7 @@ class GlobalEvaluator:
                                      enable_model_summary=False, **(trainer_options or TrainerOptions()).trainer_kwargs())
 
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
-        self.model.load_state_dict(state)
+        load_state(self.model, state)
         # The global model has no base station's weighting history (DWA): val/loss must not
         # depend on which base station last trained this model object.
         self.model.weighting.load_local_state({})

@@ -25,8 +25,9 @@ import torch
 
 from fedaux.data.datamodule import ClientDataModule
 from fedaux.data.samples import SampleSet
-from fedaux.federated.aggregation import EdgeOfClient, cpu_state
+from fedaux.federated.aggregation import EdgeOfClient, cpu_state, load_state
 from fedaux.federated.client import TrainerOptions, client_trainer, personal_scores, quiet_lightning
+from fedaux.federated.fit_loop import DirectFitLoop, direct_fit_blocker
 from fedaux.federated.hooks import ClientUpdate
 from fedaux.federated.phases import PRETRAIN, round_phase
 from fedaux.federated.pipeline import (
@@ -99,7 +100,9 @@ def client_metrics(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class _LoopClock(L.Callback):
-    """Times Lightning's training loop inside a fit (``on_train_start`` to ``on_train_end``)."""
+    """Times the training loop inside a fit (``on_train_start`` to ``on_train_end``)."""
+
+    direct_fit_safe = True  # reads nothing of the Trainer (fedaux.federated.fit_loop)
 
     def __init__(self) -> None:
         self.start = self.seconds = 0.0
@@ -120,12 +123,13 @@ class FitOptions:
     gradient_clip_val: float | None = None
     dp_sgd: tuple[float, float, float] | None = None  # (clip_norm, noise_multiplier, delta)
     pretrain_rounds: int = 0  # rounds 1..pretrain_rounds fit without the main task (fedaux/federated/phases.py)
+    fit_loop: str = "auto"  # federated.fit_loop: fedaux.federated.fit_loop's direct loop where it applies, or "trainer"
 
     @classmethod
     def from_config(cls, cfg: Any) -> FitOptions:
         fed = cfg.federated
         return cls(int(fed.local_epochs), int(fed.batch_size), fed.gradient_clip_val, dp_sgd_settings(cfg.privacy),
-                   int(fed.pretrain_rounds))
+                   int(fed.pretrain_rounds), str(fed.get("fit_loop", "auto")))
 
 
 class ClientRuntime:
@@ -198,22 +202,29 @@ class ClientRuntime:
             model.dp_sgd = DPSGD(*options.dp_sgd, seed=seed, history=history)
             gradient_clip_val = None
         clock = _LoopClock()
+        callbacks = [*method_callbacks, *self.callbacks, *extra_callbacks, clock]
+        epochs = strategy.local_epochs(options.local_epochs)
+        clip = gradient_clip_val if model.automatic_optimization else None
+        datamodule = ClientDataModule(samples, batch_size=options.batch_size, seed=seed, client=client, rnd=rnd)
         model.pretraining = round_phase(rnd, options.pretrain_rounds) == PRETRAIN
+        logged: Mapping[str, Any] = {}
         try:
-            with quiet_lightning():
-                trainer = client_trainer(strategy.local_epochs(options.local_epochs),
-                                         gradient_clip_val if model.automatic_optimization else None,
-                                         [*method_callbacks, *self.callbacks, *extra_callbacks, clock],
-                                         self.trainer_options)
-                trainer.fit(model, ClientDataModule(samples, batch_size=options.batch_size, seed=seed, client=client,
-                                                    rnd=rnd))
+            if options.fit_loop == "auto" and direct_fit_blocker(model, callbacks, self.trainer_options,
+                                                                 model.dp_sgd is not None) is None:
+                DirectFitLoop(epochs, clip, callbacks).fit(model, datamodule)
+            else:
+                with quiet_lightning():
+                    trainer = client_trainer(epochs, clip, callbacks, self.trainer_options)
+                    trainer.fit(model, datamodule)
+                logged = trainer.callback_metrics
         finally:
             model.pretraining = False
             private, model.dp_sgd = model.dp_sgd, None
             if private is not None:
                 private.close()
-        seconds = time.perf_counter() - start  # Trainer set-up to teardown
-        metrics = client_metrics(trainer.callback_metrics)
+        seconds = time.perf_counter() - start  # set-up to teardown
+        # The module's own epoch means (both loops); what other callbacks logged under the client prefixes.
+        metrics = {**client_metrics(logged), **client_metrics(model.epoch_metrics)}
         if private is not None:
             metrics["privacy/client_epsilon"] = private.epsilon()
         if self.test is not None:
@@ -231,7 +242,7 @@ class ClientRuntime:
         windows and the sum of their features' outer products (:class:`~fedaux.unknown.FeatureSums`).
         Only these sums leave the base station."""
         model = self.model
-        model.load_state_dict(state)
+        load_state(model, state)
         task = model.tasks[model.main_task]
         return feature_sums(model, samples.x, samples.targets[task.target], task.out_features)
 

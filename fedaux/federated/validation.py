@@ -21,7 +21,7 @@ def update_problem(state: Mapping[str, torch.Tensor] | None, reference: Mapping[
     missing, extra = sorted(set(reference) - set(state)), sorted(set(state) - set(reference))
     if missing or extra:
         return f"wrong keys: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected {extra[:3]}"
-    squared = 0.0
+    floating: list[str] = []
     for key, expected in reference.items():
         tensor = state[key]
         if not isinstance(tensor, torch.Tensor):
@@ -31,9 +31,21 @@ def update_problem(state: Mapping[str, torch.Tensor] | None, reference: Mapping[
         if tensor.dtype != expected.dtype:
             return f"{key} has dtype {tensor.dtype}, expected {expected.dtype}"
         if tensor.is_floating_point():
-            if not torch.isfinite(tensor).all():
+            floating.append(key)
+    if not floating:
+        return None
+    # One pass over all floating entries instead of checks per entry (9 ms an update for this
+    # model on the reference VM, paid by the server for every base station): a NaN or inf anywhere
+    # makes their float64 sum non-finite, which finite float32 values cannot.
+    flat = torch.cat([state[k].detach().reshape(-1) for k in floating])
+    if not math.isfinite(float(flat.sum(dtype=torch.float64))):
+        for key in floating:
+            if not torch.isfinite(state[key]).all():
                 return f"{key} holds NaN or inf"
-            squared += float((tensor.double() - expected.double()).pow(2).sum())
-    if norm_bound is not None and math.sqrt(squared) > norm_bound:
+    if norm_bound is None:
+        return None
+    ref = torch.cat([reference[k].detach().reshape(-1) for k in floating]).to(flat.device)
+    squared = float((flat - ref).square().sum(dtype=torch.float64))
+    if math.sqrt(squared) > norm_bound:
         return f"update norm {math.sqrt(squared):.4g} exceeds the bound {norm_bound:g}"
     return None

@@ -128,6 +128,9 @@ class MultiTaskModule(L.LightningModule):
         self._train_sum: torch.Tensor | None = None  # (1 + 2T,) sample-weighted sums this epoch
         self._train_seen = 0
         self._semi_sum: torch.Tensor | None = None  # (3,) consistency loss x windows, confident, unlabelled
+        # The last training epoch's means (train/loss, train/loss/<task>, train/weight/<task>, the
+        # consistency figures): what a base station reports, with or without a Trainer.
+        self.epoch_metrics: dict[str, float] = {}
         self._step_views: dict[tuple[str, str], torch.Tensor] = {}  # the last training step's augmented views
         self.val_metrics = nn.ModuleDict({name: self._metrics(spec) for name, spec in self.tasks.items()
                                           if spec.kind != CONTRASTIVE})
@@ -320,6 +323,7 @@ class MultiTaskModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._train_sum, self._train_seen, self._semi_sum = None, 0, None
+        self.epoch_metrics = {}
         if self.pretraining:  # after the callbacks' hooks (FedRep's freezing): the main head waits
             # frozen, so no optimiser (nor DP-SGD's per-sample clipping) counts it as trained
             self.heads[self.main_task].requires_grad_(False)
@@ -331,11 +335,14 @@ class MultiTaskModule(L.LightningModule):
         means = (self._train_sum / self._train_seen).tolist()
         tasks = self.task_names
         keys = ["train/loss", *(f"train/loss/{t}" for t in tasks), *(f"train/weight/{t}" for t in tasks)]
-        self.log_dict(dict(zip(keys, means)), on_step=False, on_epoch=True)
+        metrics = dict(zip(keys, means))
         if self._semi_sum is not None:
             loss, confident, unlabelled = self._semi_sum.tolist()
-            self.log_dict({"train/consistency/loss": loss / self._train_seen,
-                           "train/consistency/confident": confident / max(unlabelled, 1.0)}, on_step=False, on_epoch=True)
+            metrics.update({"train/consistency/loss": loss / self._train_seen,
+                            "train/consistency/confident": confident / max(unlabelled, 1.0)})
+        self.epoch_metrics = metrics
+        if self._trainer is not None:  # a fit without a Trainer (fedaux.federated.fit_loop) reads epoch_metrics
+            self.log_dict(metrics, on_step=False, on_epoch=True)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         # A contrastive head's validation views are seeded by the batch: val/loss is a number of the model alone.

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 
-from fedaux.federated.aggregation import cpu_state
+from fedaux.federated.aggregation import cpu_state, load_state
 from fedaux.registry import Registry
 
 State = dict[str, torch.Tensor]
@@ -88,7 +88,7 @@ class Strategy:
         state = {k: initial_state[k] for k in model_keys}
         state.update({k: v for k, v in local_state.items() if k in model_keys})
         state.update({k: v for k, v in payload.items() if k in model_keys})
-        model.load_state_dict(state)
+        load_state(model, state)
 
     def client_callbacks(self, model: torch.nn.Module, payload: Mapping[str, torch.Tensor],
                          local_state: Mapping[str, torch.Tensor]) -> list[L.Callback]:
@@ -110,6 +110,8 @@ class Strategy:
 class ParameterGradientHook(L.Callback):
     """Adds a per-parameter term to the gradients before every optimiser step (after backward,
     before Lightning clips), counting the steps. FedProx and SCAFFOLD subclass it."""
+
+    direct_fit_safe = True  # reads nothing of the Trainer (fedaux.federated.fit_loop)
 
     def __init__(self) -> None:
         self.steps = 0

@@ -27,6 +27,8 @@ def _trunk(pl_module: L.LightningModule) -> torch.nn.Module:
 class AlternateHeadsAndTrunk(L.Callback):
     """Epochs ``< head_epochs`` train the heads only; later epochs the trunk only."""
 
+    direct_fit_safe = True  # reads trainer.current_epoch only (fedaux.federated.fit_loop)
+
     def __init__(self, head_epochs: int) -> None:
         self.head_epochs = head_epochs
 
