@@ -107,8 +107,9 @@ def _bound_fit(job: tuple[dict, list[tuple[int, int]]]) -> tuple[dict, float]:
     state, share = job
     o = _BOUND["orchestrator"]
     start = time.perf_counter()
-    states = {c: plain_fit(o.model, o.data.clients[c], state, seed, o.local_epochs, o.batch_size,
-                           o.gradient_clip_val) for c, seed in share}
+    options = o.runtime.options
+    states = {c: plain_fit(o.model, o.data.clients[c], state, seed, options.local_epochs, options.batch_size,
+                           options.gradient_clip_val) for c, seed in share}
     return states, time.perf_counter() - start
 
 

@@ -58,6 +58,17 @@ _PRELOAD = ["fedaux.federated.engines.workers"]
 
 
 
+def start_fork_server() -> None:
+    """Start the fork server now: it imports torch and Lightning (seconds) in its own process
+    while this one goes on (reading the data, building the model), so the workers fork from a
+    ready server when the first round starts instead of waiting for those imports."""
+    if START_METHOD == "forkserver":
+        from multiprocessing import forkserver
+
+        multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
+        forkserver.ensure_running()
+
+
 @dataclass
 class WorkerSetup:
     """What every worker gets once, when it starts: the runtime, the clients' data, its threads."""
@@ -322,6 +333,7 @@ class WorkerPoolEngine(LocalEngine):
             raise ValueError(f"workers={workers} and threads={threads} must be at least 1")
         self.workers, self.threads, self.timeout_s, self.cfg = workers, threads, timeout_s, cfg
         self._pool: ClientWorkers | None = None
+        start_fork_server()  # engines are built before the data: the server's imports overlap its loading
 
     def start(self, server: FederatedOrchestrator) -> None:
         if self._pool is None:
