@@ -69,7 +69,7 @@ def choices() -> dict[str, list[str]]:
     from fedaux.federated.engines import ENGINES
     from fedaux.federated.fit_loop import FIT_LOOPS
     from fedaux.federated.privacy import PRIVACY_MODES
-    from fedaux.federated.strategies import STRATEGIES
+    from fedaux.federated.strategies import BATCHNORM_MODES, STRATEGIES
     from fedaux.model.optimizers import OPTIMIZERS
     from fedaux.model.trunk import NORMS
     from fedaux.model.weighting import WEIGHTINGS
@@ -88,6 +88,7 @@ def choices() -> dict[str, list[str]]:
         "model.unknown.score": UNKNOWN_SCORES.names(),
         "federated.engine": ENGINES.names(),
         "federated.fit_loop": list(FIT_LOOPS),
+        "federated.batchnorm": list(BATCHNORM_MODES),
         "federated.aggregation": AGGREGATION_RULES.names(),
         "federated.strategy": STRATEGIES.names(),
         "privacy.mode": list(PRIVACY_MODES),

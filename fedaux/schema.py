@@ -200,6 +200,10 @@ class FederatedConfig:
     # hooks where it computes what Trainer.fit does, bit for bit, without its ~25 ms per fit;
     # Lightning's Trainer otherwise) | trainer (always Lightning's Trainer).
     fit_loop: str = "auto"
+    # BatchNorm running statistics: federated (averaged with the model) | local (FedBN: each base
+    # station keeps its own; never sent, so never clipped or noised; the method is then scored by
+    # the base stations' own models, personal/acc/*). GroupNorm instead: model.trunk.norm=group.
+    batchnorm: str = "federated"
     min_clients: int = 1  # fewer valid updates in a round stops the run (after the last checkpoint)
     update_norm_bound: float | None = None  # reject updates farther than this (L2) from the global state
     # A STRATEGIES name: fedavg | fedprox | scaffold | fedavgm | fedadam | fedper | fedrep (fedaux/federated/strategies/)

@@ -141,3 +141,57 @@ def test_epsilon_and_compression_residuals_survive_a_checkpointed_resume(tmp_pat
     assert [r["comm/bytes_total"] for r in resumed.history] == [r["comm/bytes_total"] for r in whole.history]
     for key, value in whole.orchestrator.global_state.items():
         assert torch.equal(value, resumed.orchestrator.global_state[key]), key
+
+
+class _Uploads(RoundCallback):
+    """Every base station's upload as its edge server receives it, and each round's byte counts."""
+
+    def __init__(self) -> None:
+        self.keys: list[set[str]] = []
+        self.bytes: list[tuple[dict, dict]] = []
+
+    def on_client_done(self, orchestrator, rnd, update):
+        self.keys.append(set(update.state))
+
+    def on_aggregated(self, orchestrator, rnd, aggregate):
+        self.bytes.append((dict(aggregate.bytes_down), dict(aggregate.bytes_up)))
+
+
+def test_local_batchnorm_statistics_stay_on_each_base_station_and_are_not_sent(tmp_path):
+    """federated.batchnorm=local (FedBN): the statistics never go down or up, so clipping and noise
+    never see them; each base station trains on with its own, and the global model keeps its initial ones."""
+    from fedaux.federated.aggregation import state_nbytes
+    from fedaux.federated.orchestrator import TIER_EDGE, TIER_TOP
+    from fedaux.federated.strategies import batchnorm_statistics
+
+    sent, local = _Uploads(), _Uploads()
+    _run(_cfg(tmp_path / "plain", "privacy.mode=central", "privacy.noise_multiplier=0.01"), [sent])
+    fedbn = _run(_cfg(tmp_path / "fedbn", "privacy.mode=central", "privacy.noise_multiplier=0.01",
+                      "federated.batchnorm=local"), [local])
+    statistics = set(batchnorm_statistics(fedbn.model))
+    assert statistics and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in statistics)
+    assert all(statistics <= keys for keys in sent.keys)  # federated: they travel with the model
+    assert len(local.keys) == 6 and not any(statistics & keys for keys in local.keys)
+    assert statistics.isdisjoint(fedbn.payload)
+    # Exactly their bytes are saved on every link: per base station up, per link down.
+    stats_bytes = state_nbytes({k: fedbn.global_state[k] for k in statistics})
+    for (down_p, up_p), (down_l, up_l) in zip(sent.bytes, local.bytes):
+        assert up_p[TIER_EDGE] - up_l[TIER_EDGE] == 3 * stats_bytes
+        assert down_p[TIER_EDGE] - down_l[TIER_EDGE] == 3 * stats_bytes
+        assert up_p[TIER_TOP] - up_l[TIER_TOP] == 2 * stats_bytes  # and no edge server sends them up
+    # Each base station holds its own statistics, from its own windows; the global model its initial ones.
+    own = {c: s["batchnorm"] for c, s in fedbn.client_states.items()}
+    assert set(own) == {0, 1, 2} and all(set(s) == statistics for s in own.values())
+    key = next(k for k in sorted(statistics) if k.endswith("running_mean"))
+    assert not torch.equal(own[0][key], own[1][key])
+    for k in statistics:
+        assert torch.equal(fedbn.global_state[k], fedbn.runtime.initial_state[k]), k
+    # The method is scored by the base stations' own models.
+    record = fedbn.history[-1]
+    assert fedbn.strategy.headline_key("traffic_class") == "personal/acc/traffic_class"
+    assert 0 <= record["personal/acc/traffic_class"] <= 1
+
+
+def test_local_batchnorm_needs_batchnorm(tmp_path):
+    with pytest.raises(ConfigError, match=r"federated.batchnorm=local .*\(model.trunk.norm is not batch\)"):
+        build_orchestrator(_cfg(tmp_path, "federated.batchnorm=local", "model.trunk.norm=group"))

@@ -44,7 +44,8 @@ def _assert_same_run(a, b):
 
 @pytest.mark.parametrize("extra", [
     (),  # FedAuxHMTL as configured: RLW, full participation
-    ("federated.strategy=fedper", "model.weighting.name=dwa", "federated.fraction=0.6"),  # local state, sampling
+    # local state (personal heads, DWA's history, own BatchNorm statistics), sampling
+    ("federated.strategy=fedper", "model.weighting.name=dwa", "federated.fraction=0.6", "federated.batchnorm=local"),
 ])
 def test_three_rounds_with_two_workers_equal_one_worker(tmp_path, extra):
     # Same threads for every fit (and for the evaluation, which runs in this process either way).
@@ -57,7 +58,7 @@ def test_three_rounds_with_two_workers_equal_one_worker(tmp_path, extra):
     # Each base station's own state (FedPer heads, DWA's loss history) came back from its worker.
     if "federated.strategy=fedper" in extra:
         states = parallel.orchestrator.client_states
-        assert states and all("history" in s["weighting"] for s in states.values())
+        assert states and all("history" in s["weighting"] and s["batchnorm"] for s in states.values())
         for client, state in states.items():
             for namespace, entries in state.items():
                 for key, value in entries.items():

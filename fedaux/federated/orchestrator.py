@@ -210,7 +210,9 @@ class FederatedOrchestrator:
         s = self.settings
         clients = select_clients(s.seed, rnd, len(self.data.clients), s.fraction)
         self._aggregator = TwoTierAggregator(self.data.partition.edge_of_client, s.aggregation, s.trim_fraction)
-        self._downlink_wire, self._payload = self.compression.send_down(self.strategy.downlink(self.global_state))
+        local = self.strategy.local_keys  # kept by each base station (federated.batchnorm=local): never sent
+        downlink = {k: v for k, v in self.strategy.downlink(self.global_state).items() if k not in local}
+        self._downlink_wire, self._payload = self.compression.send_down(downlink)
         self._received, self._dropped = [], []
         self._call("on_round_start", rnd, clients)
         return clients

@@ -9,7 +9,8 @@ each Flower node builds one from the config its messages carry
 
 A base station's local state is namespaced by owner (:data:`~fedaux.federated.pipeline.LocalState`):
 ``strategy`` (personal heads, control variates), ``weighting`` (e.g. DWA's loss history),
-``dpsgd`` (the DP-SGD accountant) and one namespace per update stage that keeps state
+``dpsgd`` (the DP-SGD accountant), ``batchnorm`` (its own BatchNorm statistics under
+``federated.batchnorm=local``) and one namespace per update stage that keeps state
 (``uplink``: error-feedback residuals).
 """
 
@@ -48,6 +49,7 @@ from fedaux.unknown import FeatureSums, feature_sums
 
 WEIGHTING_STATE = "weighting"  # namespace of what the loss weighting keeps between fits (DWA's history)
 DPSGD_STATE = "dpsgd"  # namespace of the DP-SGD accountant's history
+BATCHNORM_STATE = "batchnorm"  # namespace of a base station's own BatchNorm statistics (federated.batchnorm=local)
 CLIENT_METRIC_PREFIXES = ("train/", "personal/", "privacy/")  # what a fit reports to the server
 
 
@@ -154,7 +156,7 @@ class ClientRuntime:
         self.options, self.seed = options, seed
         self.callbacks = list(callbacks)
         self.trainer_options = trainer_options or TrainerOptions()
-        self.test = test if strategy.personalised else None
+        self.test = test if strategy.scores_own_models else None
 
     @classmethod
     def from_config(cls, cfg: Any, target_classes: Mapping[str, int], *, callbacks: Sequence[L.Callback] = (),
@@ -189,6 +191,12 @@ class ClientRuntime:
         local_state = dict(local_state or {})
         strategy_state = local_state.get(STRATEGY_STATE, {})
         strategy.load_client(model, payload, strategy_state, self.initial_state)
+        own_statistics = local_state.get(BATCHNORM_STATE)
+        if own_statistics:  # federated.batchnorm=local: this base station's statistics, from its last fit
+            with torch.no_grad():
+                model_state = model.state_dict()
+                for key, value in own_statistics.items():
+                    model_state[key].copy_(value)
         model.weighting.load_local_state(dict(local_state.get(WEIGHTING_STATE, {})))
         method_callbacks = strategy.client_callbacks(model, payload, strategy_state)
         torch.manual_seed(seed)  # RLW draws and any dropout repeat exactly for this (round, client)
@@ -233,6 +241,8 @@ class ClientRuntime:
         context = StageContext(rnd, model=model, fit_callbacks=method_callbacks)
         update, kept = self.pipeline.at_base_station(update, context, local_state)
         _set(kept, WEIGHTING_STATE, model.weighting.local_state())
+        model_state = model.state_dict()
+        _set(kept, BATCHNORM_STATE, {k: model_state[k].detach().clone() for k in sorted(strategy.local_keys)})
         _set(kept, DPSGD_STATE, {"accountant": private.history_tensor()} if private is not None else {})
         return ClientFit(client, update.state, kept, len(samples), metrics, seconds, clock.seconds)
 

@@ -45,6 +45,15 @@ class Strategy:
 
     def __init__(self, param_names: Sequence[str], fed_cfg: Any = None) -> None:
         self.param_names = list(param_names)
+        # State-dict entries every base station keeps to itself whatever the strategy
+        # (federated.batchnorm=local: BatchNorm statistics, FedBN): never sent either way.
+        self.local_keys: frozenset[str] = frozenset()
+
+    @property
+    def scores_own_models(self) -> bool:
+        """Whether base stations keep part of the model (a personalised strategy, or local
+        statistics), so their own models are scored (``personal/*``) and head the record."""
+        return self.personalised or bool(self.local_keys)
 
     @classmethod
     def from_config(cls, fed_cfg: Any, param_names: Sequence[str]) -> Strategy:
@@ -102,9 +111,24 @@ class Strategy:
         return {k: state[k] for k in payload}, {}
 
     def headline_key(self, main_task: str) -> str:
-        """The record key whose value is the method's main-task accuracy (rounds to target, plots)."""
-        return f"val/acc/{main_task}"
+        """The record key whose value is the method's main-task accuracy (rounds to target, plots):
+        the global model's, or the base stations' own where they keep statistics local (the global
+        model's BatchNorm statistics then stay at their initial values)."""
+        return f"personal/acc/{main_task}" if self.local_keys else f"val/acc/{main_task}"
 
+
+
+def batchnorm_statistics(model: torch.nn.Module) -> list[str]:
+    """State-dict keys of the model's BatchNorm running statistics (``running_mean``,
+    ``running_var``, ``num_batches_tracked``): what ``federated.batchnorm=local`` keeps on the base
+    stations."""
+    from torch.nn.modules.batchnorm import _NormBase
+
+    keys = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, _NormBase) and module.track_running_stats:
+            keys += [f"{prefix}.{name}" if prefix else name for name, _ in module.named_buffers(recurse=False)]
+    return keys
 
 
 class ParameterGradientHook(L.Callback):
