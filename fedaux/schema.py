@@ -197,7 +197,7 @@ class FederatedConfig:
     # null: the machine's cores. Results do not depend on it beyond the threads per fit.
     workers: int | None = None
     # How a local fit runs: auto (fedaux.federated.fit_loop's direct loop of the LightningModule's
-    # hooks where it computes what Trainer.fit does, bit for bit, without its ~25 ms per fit;
+    # hooks where it computes what Trainer.fit does, bit for bit, without the Trainer's per-fit cost;
     # Lightning's Trainer otherwise) | trainer (always Lightning's Trainer).
     fit_loop: str = "auto"
     # BatchNorm running statistics: federated (averaged with the model) | local (FedBN: each base
