@@ -199,7 +199,12 @@ class ClientRuntime:
                     model_state[key].copy_(value)
         model.weighting.load_local_state(dict(local_state.get(WEIGHTING_STATE, {})))
         method_callbacks = strategy.client_callbacks(model, payload, strategy_state)
-        torch.manual_seed(seed)  # RLW draws and any dropout repeat exactly for this (round, client)
+        # RLW draws and any dropout repeat exactly for this (round, client). On the CPU only the CPU
+        # generator draws; torch.manual_seed would also visit every other device backend (~1 ms a fit).
+        if self.trainer_options.on_cpu:
+            torch.default_generator.manual_seed(seed)
+        else:
+            torch.manual_seed(seed)
         start = time.perf_counter()
         gradient_clip_val = options.gradient_clip_val
         # Lightning clips only under automatic optimisation; a module that steps by hand (gradient-based
@@ -241,8 +246,9 @@ class ClientRuntime:
         context = StageContext(rnd, model=model, fit_callbacks=method_callbacks)
         update, kept = self.pipeline.at_base_station(update, context, local_state)
         _set(kept, WEIGHTING_STATE, model.weighting.local_state())
-        model_state = model.state_dict()
-        _set(kept, BATCHNORM_STATE, {k: model_state[k].detach().clone() for k in sorted(strategy.local_keys)})
+        if strategy.local_keys:
+            model_state = model.state_dict()
+            _set(kept, BATCHNORM_STATE, {k: model_state[k].detach().clone() for k in sorted(strategy.local_keys)})
         _set(kept, DPSGD_STATE, {"accountant": private.history_tensor()} if private is not None else {})
         return ClientFit(client, update.state, kept, len(samples), metrics, seconds, clock.seconds)
 
