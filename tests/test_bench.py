@@ -289,3 +289,16 @@ def test_bench_scores_left_out_services_as_unknown(tmp_path):
             assert 0 <= score["auroc"]["mean"] <= 1 and 0 <= score["rejected_at_95_known"]["mean"] <= 1
     page = (tmp_path / "docs" / "results.md").read_text()
     assert "## leave one out" in page and "| **mean** |" in page
+
+
+@pytest.mark.slow  # three scale points, each a fresh process (one on Flower's simulation)
+def test_scale_points_run_each_engine_over_the_same_windows(tmp_path, monkeypatch):
+    from fedaux.bench.scale import run_scale
+
+    monkeypatch.chdir(tmp_path)  # the replicated store goes under ./outputs/bench
+    overrides = ["data.subflows_per_flow=2", "logging.energy=false"]
+    points = run_scale(REPO / "conf" / "quic.yaml", [4, 8], 1, 1, overrides, ["inprocess", "flower"], flower_max=4)
+    assert [(p["base_stations"], p["engine"]) for p in points] == [(4, "inprocess"), (4, "flower"), (8, "inprocess")]
+    for p in points:
+        assert p["s_per_round"] > 0 and len(p["rss_after_each_round_mb"]) == 1
+        assert p["flows"] == 150 and p["data_mb"] == points[0]["data_mb"]  # the same windows at every point

@@ -135,7 +135,8 @@ def run_bench(config_path: str, overrides: list[str], only: list[str] | None = N
 
         path, extra = _method(bench, conf_dir, bench.scale_board, bench.scale_method)
         results["scale"] = run_scale(path, list(bench.scale_base_stations), bench.scale_rounds,
-                                     bench.scale_replicate_flows, [*bench.overrides, *extra])
+                                     bench.scale_replicate_flows, [*bench.overrides, *extra, *bench.scale_overrides],
+                                     list(bench.scale_engines), bench.scale_flower_max)
         results["scale_note"] = (f"Every flow of the embedded store repeated x{bench.scale_replicate_flows} as distinct "
                                  f"flows; {bench.scale_rounds} rounds, one process per point. Recomputed with "
                                  "`--only scale`.")

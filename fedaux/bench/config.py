@@ -80,6 +80,9 @@ class BenchConfig:
     scale_base_stations: list[int] = field(default_factory=list)
     scale_rounds: int = 2
     scale_replicate_flows: int = 2  # copies of every flow, so 200 base stations each get whole flows
+    scale_overrides: list[str] = field(default_factory=list)  # applied to every scale point (e.g. fewer windows per flow)
+    scale_engines: list[str] = field(default_factory=lambda: ["inprocess"])  # federated.engine of each point
+    scale_flower_max: int | None = None  # Flower points only up to this many base stations (None: all)
 
 
 def sections(bench: DictConfig) -> list[str]:

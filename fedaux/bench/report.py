@@ -240,13 +240,17 @@ def render(results: dict[str, Any], bench, command: str) -> str:
             lines += ["", f"![{axis}](results/sensitivity_{axis}.png)", ""]
     if results.get("scale"):
         lines += ["## Scale", "", results.get("scale_note", ""), "",
-                  "| base stations | workers | s / round | peak RSS MB | RSS before rounds MB | RSS after each round MB "
+                  "| base stations | engine | workers | s / round | peak RSS MB | RSS before rounds MB | RSS after each round MB "
                   "| workers' RSS after each round MB | data MB | state dict MB | all clients' states would be MB |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in results["scale"]:
             per_round = " / ".join(f"{v:.0f}" for v in p["rss_after_each_round_mb"])
             workers = " / ".join(f"{v:.0f}" for v in p.get("worker_rss_after_each_round_mb", [])) or "-"
-            lines.append(f"| {p['base_stations']} | {p.get('workers', 1)} | {p['s_per_round']:.2f} | {p['peak_rss_mb']:.0f} "
+            engine = p.get("engine", "inprocess")
+            if engine != "inprocess":
+                workers = "not counted (Ray's processes)"
+            lines.append(f"| {p['base_stations']} | {engine} | {p.get('workers', 1) if engine == 'inprocess' else '-'} "
+                         f"| {p['s_per_round']:.2f} | {p['peak_rss_mb']:.0f} "
                          f"| {p['rss_before_rounds_mb']:.0f} | {per_round} | {workers} | {p['data_mb']:.1f} "
                          f"| {p['state_mb']:.2f} | {p['state_mb'] * p['base_stations']:.0f} |")
         lines += ["", "The aggregator folds each update into one running sum per edge server, so a round never holds "

@@ -12,6 +12,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +23,29 @@ from fedaux.config import load_config
 from fedaux.data.samples import build_federated_data
 from fedaux.data.sources import load_flows
 from fedaux.federated.aggregation import state_nbytes
+from fedaux.federated.engines import ENGINES
 from fedaux.federated.hooks import RoundCallback
 from fedaux.train import build_orchestrator
 
 
-def run_scale(config: Path, points: list[int], rounds: int, replicate: int, overrides: list[str]) -> list[dict]:
-    """Every scale point, each in its own process, on the embedded flows repeated ``replicate`` times."""
-    store = replicated_store(replicate, Path("outputs/bench/replicated_store.npz"))
+def run_scale(config: Path, points: list[int], rounds: int, replicate: int, overrides: list[str],
+              engines: list[str] | None = None, flower_max: int | None = None) -> list[dict]:
+    """Every scale point, each in its own process, on the embedded flows repeated ``replicate``
+    times: for each number of base stations, one point per engine (``federated.engine``), Flower's
+    only up to ``flower_max`` base stations."""
+    store = replicated_store(replicate, Path(f"outputs/bench/replicated_store_x{replicate}.npz"))
     out = []
     for n in points:
-        proc = subprocess.run(
-            [sys.executable, "-m", "fedaux.bench", "--scale-point", str(n), "--config", str(config),
-             "--store", str(store), "--rounds", str(rounds), *overrides],
-            capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"scale point {n} failed:\n{proc.stderr[-2000:]}")
-        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        for engine in engines or ["inprocess"]:
+            if engine == "flower" and flower_max is not None and n > flower_max:
+                continue
+            proc = subprocess.run(
+                [sys.executable, "-m", "fedaux.bench", "--scale-point", str(n), "--config", str(config),
+                 "--store", str(store), "--rounds", str(rounds), *overrides, f"federated.engine={engine}"],
+                capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"scale point {n} ({engine}) failed:\n{proc.stderr[-2000:]}")
+            out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return out
 
 
@@ -50,9 +58,12 @@ def scale_point(config: Path, base_stations: int, rounds: int, overrides: list[s
     data_mb = (sum(c.x.nbytes for c in data.clients) + data.test.x.nbytes) / 1e6
     rss_after_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     timer, memory = RoundTimer(), RoundMemory()
-    orchestrator = build_orchestrator(cfg, data, callbacks=[timer, memory])
-    rss_before_rounds = _current_rss_mb()
-    orchestrator.run()
+    engine = ENGINES.get(cfg.federated.engine)(cfg)
+    with tempfile.TemporaryDirectory() as run_dir:
+        engine.run_dir = Path(run_dir)  # Flower's simulated nodes keep their files there
+        orchestrator = build_orchestrator(cfg, data, callbacks=[timer, memory, *engine.callbacks()], engine=engine)
+        rss_before_rounds = _current_rss_mb()
+        orchestrator.run()
     return {
         "rss_before_rounds_mb": rss_before_rounds,
         "rss_after_each_round_mb": memory.rss,
@@ -60,6 +71,7 @@ def scale_point(config: Path, base_stations: int, rounds: int, overrides: list[s
         "worker_rss_after_each_round_mb": memory.worker_rss,
         "rss_after_rounds_mb": _current_rss_mb(),
         "base_stations": base_stations,
+        "engine": str(cfg.federated.engine),
         "s_per_round": float(np.mean([r["time/round_s"] for r in orchestrator.history])),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_after_data_mb": rss_after_data,

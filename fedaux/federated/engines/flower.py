@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -45,6 +46,8 @@ from fedaux.schema import config_from_text
 from fedaux.unknown import FeatureSums
 
 log = logging.getLogger(__name__)
+
+NODE_WAIT_S = 300.0  # how long the server waits for every simulated or deployed node to register
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 # The record kind under each key is fixed by this module's messages: ARRAYS an ArrayRecord,
@@ -317,8 +320,16 @@ class FedauxServerStrategy(Strategy):
                  int(self.orchestrator.data.partition.edge_of_client.max()) + 1)
 
     def _identify_nodes(self, grid: Grid) -> None:
-        """Ask every node which base station it is (node ids are assigned by Flower)."""
+        """Ask every node which base station it is (node ids are assigned by Flower). Nodes
+        register one by one (with 1,000 simulated base stations, 414 had when the first round
+        started on the 2-core VM), so this waits, up to :data:`NODE_WAIT_S`, until there are as
+        many as base stations."""
+        expected = len(self.orchestrator.data.clients)
+        deadline = time.monotonic() + NODE_WAIT_S
         node_ids = list(grid.get_node_ids())
+        while len(node_ids) < expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+            node_ids = list(grid.get_node_ids())
         messages = [Message(content=RecordDict({CONFIG: ConfigRecord(dict(self.base_config))}),
                             message_type=MessageType.QUERY, dst_node_id=n) for n in node_ids]
         for reply in grid.send_and_receive(messages):
