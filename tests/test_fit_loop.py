@@ -64,7 +64,13 @@ def _assert_equal_states(a, b, what: str) -> None:
             assert torch.equal(a[key], b[key]), f"{what}: {key} differs"
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# Five cases in the fast suite (epochs, freezing by epoch, a step after each step, pseudo-labels);
+# the rest with the slow tests.
+FAST = ("fedavg, random weighting", "two local epochs, no clipping", "fedrep (epoch-phased freezing)",
+        "famo (a step after each step)", "fixmatch")
+
+
+@pytest.mark.parametrize("case", [c if c in FAST else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
 def test_direct_loop_leaves_the_trainers_weights_bit_for_bit(small_cfg, case):
     runtime_t, server_t = _runtime(small_cfg, CASES[case], "trainer")
     runtime_d, server_d = _runtime(small_cfg, CASES[case], "auto")
