@@ -24,6 +24,8 @@ class RoundTimer(KeepsTotals, RoundCallback):
     ``total_time_s``, ``time_s_to_target``, ``total_compute_s`` and ``compute_s_to_target``.
     """
 
+    reads_update_state = False  # fit times only: the workers may fold the updates themselves
+
     def __init__(self, clock=time.perf_counter) -> None:
         self._clock = clock
         self._round_start = self._eval_start = 0.0

@@ -196,6 +196,10 @@ class FederatedConfig:
     # threads (fedaux/federated/engines/workers.py); 1 fits them one after another in the main process.
     # null: the machine's cores. Results do not depend on it beyond the threads per fit.
     workers: int | None = None
+    # Worker processes take whole edge servers and fold their base stations' updates themselves
+    # (fedaux/federated/edge_fold.py): the same weights bit for bit, one sum per edge server sent to
+    # the main process instead of every update. Needs the fedavg rule; balances load by edge server.
+    fold_in_workers: bool = False
     # How a local fit runs: auto (fedaux.federated.fit_loop's direct loop of the LightningModule's
     # hooks where it computes what Trainer.fit does, bit for bit, without the Trainer's per-fit cost;
     # Lightning's Trainer otherwise) | trainer (always Lightning's Trainer).

@@ -93,7 +93,8 @@ def build_orchestrator(cfg: DictConfig, data: FederatedData | None = None, callb
 
 # Keys that may change between a run and its resumption: where output goes, how it is logged,
 # how many rounds to run in all (a run may be extended) and how many processes fit them.
-RESUMABLE_CHANGES = ("output_dir", "logging", "federated.rounds", "federated.workers", "federated.fit_loop")
+RESUMABLE_CHANGES = ("output_dir", "logging", "federated.rounds", "federated.workers", "federated.fit_loop",
+                     "federated.fold_in_workers")
 
 
 def config_differences(saved: DictConfig, current: DictConfig) -> list[str]:

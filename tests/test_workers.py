@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fedaux.config import load_config
+from fedaux.errors import ConfigError
 from fedaux.federated.engines import available_cores, worker_layout
 from fedaux.train import run
 from tests.conftest import REPO
@@ -64,6 +65,35 @@ def test_three_rounds_with_two_workers_equal_one_worker(tmp_path, extra):
                 for key, value in entries.items():
                     expected = sequential.orchestrator.client_states[client][namespace][key]
                     assert torch.equal(value, expected), (client, namespace, key)
+
+
+@pytest.mark.parametrize("extra", [
+    (),  # FedAuxHMTL as configured
+    # local state per base station (FedPer heads, DWA's history, own BatchNorm statistics), sampling
+    ("federated.strategy=fedper", "model.weighting.name=dwa", "federated.fraction=0.6", "federated.batchnorm=local"),
+    # edge stages in the workers: int8 uplink decoded (with its error feedback) and clipped for central DP
+    ("federated.compression.uplink=int8", "privacy.mode=central", "privacy.noise_multiplier=0.01"),
+])
+def test_edge_servers_folded_in_the_workers_equal_the_sequential_fold(tmp_path, extra):
+    # Each worker fits whole edge servers in one batch and folds their updates itself; the
+    # weights, every base station's own state and the history must be the sequential run's.
+    with torch_threads(max(1, available_cores() // 2)):
+        sequential = run(_cfg(tmp_path / "one", "federated.workers=1", *extra))
+        folded = run(_cfg(tmp_path / "two", "federated.workers=2", "federated.fold_in_workers=true", *extra))
+    assert folded.orchestrator.engine.fold_in_workers and folded.orchestrator.engine.workers == 2
+    _assert_same_run(sequential, folded)
+    assert folded.orchestrator.client_states.keys() == sequential.orchestrator.client_states.keys()
+    for client, state in folded.orchestrator.client_states.items():
+        for namespace, entries in state.items():
+            for key, value in entries.items():
+                assert torch.equal(value, sequential.orchestrator.client_states[client][namespace][key])
+    assert folded.orchestrator.edge_states.keys() == sequential.orchestrator.edge_states.keys()
+
+
+def test_folding_in_the_workers_needs_a_linear_rule(tmp_path):
+    with pytest.raises(ConfigError, match=r"fold_in_workers=true: federated.aggregation=median .* only fedavg"):
+        run(_cfg(tmp_path, "federated.workers=2", "federated.fold_in_workers=true", "federated.aggregation=median",
+                 "federated.rounds=1"))
 
 
 def test_a_run_with_workers_resumes_to_the_uninterrupted_weights(tmp_path):

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedaux.config import load_config
 
 # Keys that do not change what a run computes: left out of its identity.
-_NOT_IDENTITY = ("output_dir", "logging", "name", "federated.workers")
+_NOT_IDENTITY = ("output_dir", "logging", "name", "federated.workers", "federated.fold_in_workers")
 
 
 @dataclass(frozen=True)

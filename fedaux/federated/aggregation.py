@@ -252,6 +252,13 @@ class TwoTierAggregator:
             self._edges[edge] = self._make_rule(**self._options)
         self._edges[edge].add(state, num_samples)
 
+    def add_edge(self, edge: int, rule: EdgeRule) -> None:
+        """An edge server's rule with its base stations already added (folded where they were
+        fitted: :mod:`fedaux.federated.edge_fold`); the edge must have received nothing here."""
+        if int(edge) in self._edges:
+            raise ValueError(f"edge server {edge} already holds updates this round; its sum cannot be replaced")
+        self._edges[int(edge)] = rule
+
     def result(self, edge_transform: Callable[[int, State, EdgeRule], State] | None = None) -> TwoTierResult:
         """The edge servers' states and their sample-weighted average.
 

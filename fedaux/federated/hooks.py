@@ -67,7 +67,14 @@ class RoundCallback:
     ``logging.callbacks``: its Lightning hooks run there and what they change stays there (as with
     Lightning's own multi-process strategies). ``trainer.datamodule.client`` and
     ``trainer.datamodule.rnd`` name the base station and round being fitted.
+
+    ``reads_update_state``: whether ``on_client_done`` may read ``update.state``. A callback that
+    overrides it and leaves this True keeps the updates coming to the server one by one; with
+    False the worker processes may fold each edge server's updates themselves
+    (``federated.fold_in_workers``) and ``update.state`` is then empty in that hook.
     """
+
+    reads_update_state: bool = True
 
     @property
     def state_key(self) -> str:

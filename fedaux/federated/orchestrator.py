@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from fedaux.data.samples import FederatedData
-from fedaux.federated.aggregation import TwoTierAggregator, cpu_state, state_nbytes
+from fedaux.federated.aggregation import EdgeRule, TwoTierAggregator, cpu_state, state_nbytes
 from fedaux.federated.client import GlobalEvaluator
 from fedaux.federated.compression import Compression
 from fedaux.federated.errors import NotEnoughClients
@@ -244,6 +244,36 @@ class FederatedOrchestrator:
             update.local_state = None
         self._received.append(update)
 
+    def receive_folded(self, rnd: int, update: ClientUpdate) -> None:
+        """Take one base station's update that went through its edge server's stages and was
+        folded into that edge's sum where it was fitted (:mod:`fedaux.federated.edge_fold`):
+        ``update.state`` is empty, ``update.nbytes`` says what it sent; the hooks run and its local
+        state is kept as in :meth:`receive`. The edge's sum arrives with :meth:`add_edge_sum`."""
+        self._call("on_client_done", rnd, update)
+        if update.local_state is not None:
+            self.client_states[update.client] = update.local_state
+            update.local_state = None
+        self._received.append(update)
+
+    def add_edge_sum(self, edge: int, rule: EdgeRule, kept: LocalState | None) -> None:
+        """An edge server's rule with its base stations' updates already folded in (in the order
+        :meth:`receive` would have folded them), and what that edge's stages keep."""
+        self._aggregator.add_edge(edge, rule)
+        self._keep_edge_state(edge, kept or {})
+
+    def edge_fold_blocker(self) -> str | None:
+        """Why this run's edge servers cannot fold their base stations' updates where those were
+        fitted (:mod:`fedaux.federated.edge_fold`), or None when they can: only a linear rule's sums
+        fold (``fedavg``), and a round callback must not need each update's tensors."""
+        if self.settings.aggregation != "fedavg":
+            return (f"federated.aggregation={self.settings.aggregation} needs all of an edge server's updates at "
+                    "once; only fedavg's sums fold")
+        readers = [type(cb).__qualname__ for cb in self.callbacks if _reads_update_state(cb)]
+        if readers:
+            return (f"the round callbacks {readers} read each update's tensors in on_client_done (set "
+                    "reads_update_state = False on a callback that does not)")
+        return None
+
     def drop(self, rnd: int, client: int, reason: str) -> None:
         """Leave a base station out of this round, saying why (logged, counted, passed to the hooks)."""
         log.warning("round %d: base station %d dropped: %s", rnd, client, reason)
@@ -405,6 +435,12 @@ def round_client_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
         weight = sum(u.num_samples for u in present)
         metrics[key] = sum(u.train_metrics[key] * u.num_samples for u in present) / weight
     return metrics
+
+
+def _reads_update_state(callback: RoundCallback) -> bool:
+    """Whether ``callback`` has an ``on_client_done`` that may read ``update.state``."""
+    overridden = type(callback).on_client_done is not RoundCallback.on_client_done
+    return overridden and getattr(callback, "reads_update_state", True)
 
 
 def _cpu_local_state(state: Mapping[str, Any]) -> LocalState:

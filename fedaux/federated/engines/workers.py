@@ -40,6 +40,8 @@ import torch
 
 from fedaux.data.samples import SampleSet
 from fedaux.errors import ConfigError
+from fedaux.federated.aggregation import EdgeOfClient
+from fedaux.federated.edge_fold import EdgeBatch, EdgeSum, fit_and_fold
 from fedaux.federated.engines.base import LocalEngine, timeout_reason
 from fedaux.federated.pipeline import LocalState
 from fedaux.federated.runtime import ClientFit, ClientRuntime, to_update
@@ -76,10 +78,16 @@ class WorkerSetup:
     runtime: ClientRuntime
     clients: Sequence[SampleSet]
     threads: int
+    edge_of_client: EdgeOfClient | None = None  # needed to fold edge servers here (fold_in_workers)
 
     def fit(self, client: int, payload: Mapping[str, torch.Tensor], rnd: int,
             local_state: LocalState | None) -> ClientFit:
         return self.runtime.fit(client, self.clients[client], payload, rnd, local_state)
+
+    def fold(self, batch: EdgeBatch, payload: Mapping[str, torch.Tensor]) -> EdgeSum:
+        if self.edge_of_client is None:
+            raise RuntimeError("the worker was started without the partition's edge servers")
+        return fit_and_fold(self.runtime, self.clients, payload, batch, self.edge_of_client)
 
 
 def _dumps(message: Any) -> bytes:
@@ -91,7 +99,8 @@ def _dumps(message: Any) -> bytes:
 def _worker_main(conn: Connection) -> None:
     """A worker's loop: ``("prepare", sys_path, plugins)``, ``("settings", WorkerSetup)``,
     ``("payload", state)``, ``("fit", client, rnd, local_state)`` -> ``("done", client, ClientFit)``
-    or ``("failed", client, reason)``. ``prepare`` comes first and puts the parent's import path
+    or ``("failed", client, reason)``; ``("fold", EdgeBatch)`` -> ``("done", edge, EdgeSum)`` or
+    ``("failed", edge, reason)``. ``prepare`` comes first and puts the parent's import path
     and plug-in modules in place, so the settings' plug-in objects unpickle here too."""
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -125,6 +134,16 @@ def _worker_main(conn: Connection) -> None:
             except Exception as err:  # reported as this base station's failure; the worker goes on
                 reply = ("failed", client, f"raised {type(err).__name__}: {err}")
             conn.send_bytes(_dumps(reply))
+        elif kind == "fold":
+            batch: EdgeBatch = message[1]
+            folded: tuple[str, int, EdgeSum | str]
+            try:
+                if settings is None:
+                    raise RuntimeError("a batch arrived before the worker's settings")
+                folded = ("done", batch.edge, settings.fold(batch, payload))
+            except Exception as err:  # reported as the whole batch's failure; the worker goes on
+                folded = ("failed", batch.edge, f"raised {type(err).__name__}: {err}")
+            conn.send_bytes(_dumps(folded))
         elif kind == "stop":
             return
 
@@ -140,7 +159,8 @@ class _Worker:
         self.conn.send_bytes(prepare_message)
         self.conn.send_bytes(settings_message)
         self.payload_version = -1  # the round whose payload it holds
-        self.client: int | None = None  # the base station it is fitting
+        self.task: int | None = None  # the base station it is fitting (or the edge server it is folding)
+        self.timeout_s: float | None = None  # for that task
         self.started = 0.0
 
     def stop(self, kill: bool = False) -> None:
@@ -205,10 +225,7 @@ class ClientWorkers:
         At most ``2 * count`` results wait for an earlier base station's, so memory stays a few
         updates whatever the number of base stations.
         """
-        if not self._workers:
-            raise RuntimeError("the worker pool is closed")
-        self._round += 1
-        payload_message = _dumps(("payload", dict(payload)))
+        payload_message = self._new_round(payload)
         order = list(clients)
         waiting: dict[int, ClientFit | str] = {}
         next_dispatch = next_yield = 0
@@ -216,11 +233,12 @@ class ClientWorkers:
         while next_yield < len(order):
             # Hand out work to idle workers, never running ahead of the fold by more than the window.
             for worker in self._workers:
-                if worker.client is None and next_dispatch < min(len(order), next_yield + window):
+                if worker.task is None and next_dispatch < min(len(order), next_yield + window):
                     client = order[next_dispatch]
                     next_dispatch += 1
                     on_dispatch(client)
-                    self._send(worker, client, payload_message, rnd, local_states.get(client))
+                    self._send(worker, client, payload_message, ("fit", client, rnd, local_states.get(client)),
+                               self.timeout_s)
             if order[next_yield] in waiting:
                 client = order[next_yield]
                 next_yield += 1
@@ -228,51 +246,74 @@ class ClientWorkers:
             else:  # the next base station is being fitted (it was dispatched first): wait for answers
                 self._collect(waiting)
 
-    def _send(self, worker: _Worker, client: int, payload_message: bytes, rnd: int,
-              local_state: LocalState | None) -> None:
-        worker.client, worker.started = client, time.monotonic()
+    def fold_edges(self, batches: Sequence[EdgeBatch], payload: Mapping[str, torch.Tensor],
+                   on_dispatch: Callable[[EdgeBatch], None] = lambda batch: None) -> dict[int, EdgeSum | str]:
+        """Fit and fold each edge server's batch in one worker (:mod:`fedaux.federated.edge_fold`);
+        ``{edge: EdgeSum}``, or ``{edge: reason}`` for a batch whose worker failed, died or ran past
+        ``timeout_s`` per base station of the batch. Idle workers take the next batch, largest
+        first; which worker folds which edge does not change its sums."""
+        payload_message = self._new_round(payload)
+        queue = sorted(batches, key=lambda b: -len(b.clients))  # the longest first: the round ends sooner
+        done: dict[int, EdgeSum | str] = {}
+        while len(done) < len(batches):
+            for worker in self._workers:
+                if worker.task is None and queue:
+                    batch = queue.pop(0)
+                    on_dispatch(batch)
+                    timeout = None if self.timeout_s is None else self.timeout_s * max(1, len(batch.clients))
+                    self._send(worker, batch.edge, payload_message, ("fold", batch), timeout)
+            self._collect(done)
+        return done
+
+    def _new_round(self, payload: Mapping[str, torch.Tensor]) -> bytes:
+        if not self._workers:
+            raise RuntimeError("the worker pool is closed")
+        self._round += 1
+        return _dumps(("payload", dict(payload)))
+
+    def _send(self, worker: _Worker, task: int, payload_message: bytes, message: tuple,
+              timeout_s: float | None) -> None:
+        worker.task, worker.timeout_s, worker.started = task, timeout_s, time.monotonic()
         try:
             if worker.payload_version != self._round:
                 worker.conn.send_bytes(payload_message)
                 worker.payload_version = self._round
-            worker.conn.send_bytes(_dumps(("fit", client, rnd, local_state)))
-        except OSError:  # broken pipe: the worker died between fits; _collect reports it
+            worker.conn.send_bytes(_dumps(message))
+        except OSError:  # broken pipe: the worker died between tasks; _collect reports it
             pass
 
-    def _collect(self, waiting: dict[int, ClientFit | str]) -> None:
-        """Wait for the next answer (or the nearest timeout) and file what arrived."""
-        busy = [w for w in self._workers if w.client is not None]
-        timeout = None
-        if self.timeout_s is not None:
-            now = time.monotonic()
-            timeout = max(0.0, min(w.started + self.timeout_s - now for w in busy))
+    def _collect(self, waiting: dict[int, Any]) -> None:
+        """Wait for the next answer (or the nearest timeout) and file what arrived by task."""
+        busy = [w for w in self._workers if w.task is not None]
+        deadlines = [w.started + w.timeout_s for w in busy if w.timeout_s is not None]
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout)
         for index, worker in enumerate(self._workers):
-            if worker.client is None:
+            if worker.task is None:
                 continue
             if worker.conn in ready:
                 try:
-                    kind, client, outcome = pickle.loads(worker.conn.recv_bytes())
+                    kind, task, outcome = pickle.loads(worker.conn.recv_bytes())
                 except (EOFError, OSError):
                     self._replace(index, waiting, self._death_reason(worker))
                     continue
-                waiting[client] = outcome
-                worker.client = None
+                waiting[task] = outcome
+                worker.task = None
             elif worker.process.sentinel in ready:
                 self._replace(index, waiting, self._death_reason(worker))
-            elif self.timeout_s is not None and time.monotonic() - worker.started >= self.timeout_s:
-                self._replace(index, waiting, timeout_reason(self.timeout_s, "its worker process was stopped and replaced"))
+            elif worker.timeout_s is not None and time.monotonic() - worker.started >= worker.timeout_s:
+                self._replace(index, waiting, timeout_reason(worker.timeout_s, "its worker process was stopped and replaced"))
 
     @staticmethod
     def _death_reason(worker: _Worker) -> str:
         worker.process.join(timeout=1)
         return f"its worker process died (exit code {worker.process.exitcode}) during the local fit"
 
-    def _replace(self, index: int, waiting: dict[int, ClientFit | str], reason: str) -> None:
+    def _replace(self, index: int, waiting: dict[int, Any], reason: str) -> None:
         worker = self._workers[index]
-        if worker.client is None:  # _collect replaces only workers that hold a fit
-            raise RuntimeError(f"worker {worker.process.name} holds no fit to report as failed")
-        waiting[worker.client] = reason
+        if worker.task is None:  # _collect replaces only workers that hold a task
+            raise RuntimeError(f"worker {worker.process.name} holds no task to report as failed")
+        waiting[worker.task] = reason
         worker.stop(kill=True)
         log.warning("worker %s replaced: %s", worker.process.name, reason)
         self._workers[index] = self._start(index)
@@ -325,22 +366,65 @@ class WorkerPoolEngine(LocalEngine):
     """Fits in ``workers`` worker processes with ``threads`` torch threads each.
 
     The processes start before round 1 (after the plug-ins are checked) and stop when the run
-    ends. :attr:`worker_pids` names them while they run.
+    ends. :attr:`worker_pids` names them while they run. With ``fold_in_workers`` each worker
+    takes whole edge servers and folds their updates itself (:mod:`fedaux.federated.edge_fold`):
+    the same weights, one sum per edge server sent to this process instead of every update.
     """
 
-    def __init__(self, workers: int, threads: int = 1, timeout_s: float | None = None, cfg: Any = None) -> None:
+    def __init__(self, workers: int, threads: int = 1, timeout_s: float | None = None, cfg: Any = None,
+                 fold_in_workers: bool = False) -> None:
         if workers < 1 or threads < 1:
             raise ValueError(f"workers={workers} and threads={threads} must be at least 1")
         self.workers, self.threads, self.timeout_s, self.cfg = workers, threads, timeout_s, cfg
+        self.fold_in_workers = fold_in_workers
         self._pool: ClientWorkers | None = None
         start_fork_server()  # engines are built before the data: the server's imports overlap its loading
 
     def start(self, server: FederatedOrchestrator) -> None:
         if self._pool is None:
-            setup = WorkerSetup(server.runtime, server.data.clients, self.threads)
+            if self.fold_in_workers and (blocker := server.edge_fold_blocker()) is not None:
+                raise ConfigError(f"federated.fold_in_workers=true: {blocker}; or set it to false")
+            setup = WorkerSetup(server.runtime, server.data.clients, self.threads, server.data.partition.edge_of_client)
             message = check_picklable(setup, self.cfg)
             plugins = list(self.cfg.plugins) if self.cfg is not None else []
             self._pool = ClientWorkers(message, self.workers, self.timeout_s, plugins)
+
+    def run_round(self, server: FederatedOrchestrator, rnd: int) -> dict[str, Any]:
+        if not self.fold_in_workers:
+            return super().run_round(server, rnd)
+        self.start(server)
+        assert self._pool is not None
+        clients = server.start_round(rnd)
+        edge_of_client = server.data.partition.edge_of_client
+        by_edge: dict[int, list[int]] = {}
+        for client in clients:
+            by_edge.setdefault(int(edge_of_client[client]), []).append(client)
+        batches = [EdgeBatch(edge, members, rnd, server.seed, {c: server.client_states.get(c) for c in members},
+                             server.edge_states.get(edge)) for edge, members in sorted(by_edge.items())]
+
+        def started(batch: EdgeBatch) -> None:
+            for client in batch.clients:
+                server.client_started(rnd, client)
+
+        folded = self._pool.fold_edges(batches, server.payload, on_dispatch=started)
+        outcomes: dict[int, ClientUpdate | str] = {}
+        for batch in batches:
+            edge_sum = folded[batch.edge]
+            if isinstance(edge_sum, str):  # the batch's worker failed: every base station of it is dropped
+                outcomes.update((c, f"{edge_sum} (edge server {batch.edge}'s batch)") for c in batch.clients)
+            else:
+                outcomes.update(edge_sum.outcomes)
+        for client in clients:  # the hooks in base-station order, as in every engine
+            outcome = outcomes[client]
+            if isinstance(outcome, str):
+                server.drop(rnd, client, outcome)
+            else:
+                server.receive_folded(rnd, outcome)
+        for batch in batches:
+            edge_sum = folded[batch.edge]
+            if not isinstance(edge_sum, str) and edge_sum.rule is not None:
+                server.add_edge_sum(batch.edge, edge_sum.rule, edge_sum.edge_state)
+        return server.finish_round(rnd)
 
     @property
     def worker_pids(self) -> list[int]:
