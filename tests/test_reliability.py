@@ -97,6 +97,24 @@ def test_one_bad_base_station_of_three_is_dropped_and_the_run_completes(tmp_path
     assert result.history[0]["comm/bytes_up/base_station-edge"] == 2 * result.history[0]["comm/bytes_up/edge-top"]
 
 
+@pytest.mark.parametrize("mode", ["raise", "nan", "die"])
+def test_a_bad_base_station_in_a_worker_that_folds_its_edge_server(tmp_path, caplog, mode):
+    # One edge server per base station: a fit that raises or sends NaN costs that base station;
+    # a worker that dies costs the batch it was folding (here that edge server's one base station).
+    injector = FaultInjector(client=1, mode=mode)
+    result = run(_cfg(tmp_path, "federated.workers=2", "federated.edge_servers=3", "federated.fold_in_workers=true"),
+                 callbacks=[injector])
+    assert result.orchestrator.engine.fold_in_workers
+    reason = {"raise": "raised RuntimeError: radio link lost",
+              "nan": "update rejected: trunk.layers.0.weight holds NaN or inf",
+              "die": "its worker process died (exit code 3) during the local fit (edge server 1's batch)"}[mode]
+    assert [r["clients"] for r in result.history] == [2, 2]
+    assert all(r["clients/dropped_reasons"] == f"1: {reason}" for r in result.history)
+    assert f"base station 1 dropped: {reason}" in caplog.text
+    assert result.orchestrator.rejections == {1: 2}
+    assert all(torch.isfinite(t).all() for t in result.orchestrator.global_state.values() if t.is_floating_point())
+
+
 def test_too_few_clients_stops_with_a_clear_error_after_saving(tmp_path):
     from fedaux.callbacks.checkpoint import load_checkpoint
 
