@@ -139,7 +139,7 @@ class ConsistencyConfig:
 class UnknownConfig:
     """Unknown-traffic scores (fedaux/unknown.py): which one fedaux-predict uses, and their options."""
 
-    score: str = "msp"  # an UNKNOWN_SCORES name: msp | energy | mahalanobis
+    score: str = "msp"  # an UNKNOWN_SCORES name: msp | energy | mahalanobis | relative_mahalanobis
     temperature: float = 1.0  # energy: T in -T logsumexp(logits / T)
     shrinkage: float | None = None  # mahalanobis: covariance shrinkage in [0, 1]; null: chosen by OAS
 

@@ -11,6 +11,8 @@ windows' outputs, as a flow's class is the argmax of its windows' mean probabili
   (Liu et al., arXiv 2010.03759).
 * ``mahalanobis``: the squared Mahalanobis distance of the flow's mean trunk features to the
   nearest class mean under one shared (tied) covariance (Lee et al., arXiv 1807.03888).
+* ``relative_mahalanobis``: that distance minus the distance to one class-agnostic Gaussian of the
+  same windows (Ren et al., arXiv 2106.09022), from the same sums.
 
 The class means and covariance come from **federated sums** (:class:`FeatureSums`): after the last
 round every base station loads the final global model and adds up, over its labelled training
@@ -27,6 +29,7 @@ measure how well a score separates known flows from flows of classes the model n
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -204,6 +207,29 @@ class FeatureStatistics:
         d = (fp * f).sum(1, keepdim=True) - 2 * fp @ means.T + (mp * means).sum(1)[None, :]
         return torch.where(present[None, :], d.clamp_min(0), torch.full_like(d, math.inf))
 
+    @functools.cached_property
+    def background(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class-agnostic Gaussian of the same windows, from the same sums: mean ``(D,)``
+        ``sum_k total_k / N`` and precision ``(D, D)`` of their covariance ``sum f f^T / N - mu mu^T``,
+        shrunk as the within-class one (the relative Mahalanobis score's reference)."""
+        windows = self.sums.windows
+        mean = self.sums.total.sum(0) / windows
+        covariance = self.sums.outer / windows - torch.outer(mean, mean)
+        covariance = (covariance + covariance.T) / 2
+        dim = covariance.shape[0]
+        scale = float(torch.trace(covariance)) / dim
+        if not scale > 0:
+            return mean, torch.eye(dim, dtype=torch.float64)
+        shrinkage = oas_shrinkage(covariance, windows)
+        shrunk = (1 - shrinkage) * covariance + shrinkage * scale * torch.eye(dim, dtype=torch.float64)
+        return mean, torch.linalg.inv(shrunk)
+
+    def background_distances(self, features: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distances ``(N,)`` of ``features`` ``(N, D)`` to :attr:`background`."""
+        mean, precision = self.background
+        centred = features.to(torch.float64) - mean
+        return ((centred @ precision) * centred).sum(1).clamp_min(0)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {**self.sums.state_dict(), "means": self.means, "precision": self.precision,
                 "shrinkage": torch.tensor(self.shrinkage, dtype=torch.float64)}
@@ -318,6 +344,22 @@ def mahalanobis(inputs: ScoreInputs) -> torch.Tensor:
                           "before fedaux had them): use --unknown-score msp or energy")
     mean = flow_mean(features, inputs.flow_index, inputs.num_flows)
     return inputs.statistics.distances(mean).min(dim=1).values
+
+
+@register_score("relative_mahalanobis", needs=("features",))
+def relative_mahalanobis(inputs: ScoreInputs) -> torch.Tensor:
+    """:func:`mahalanobis` minus the distance to the class-agnostic Gaussian of the same training
+    windows (Ren et al., "A Simple Fix to Mahalanobis Distance", arXiv 2106.09022): ``(F,)``.
+
+    Directions in which every class's windows spread (flow length, rate) inflate every class
+    distance alike; subtracting the background distance leaves what separates the classes. Its
+    statistics are the same federated sums: no other number leaves a base station."""
+    features = _require(inputs, "relative_mahalanobis", "features")
+    if inputs.statistics is None:
+        raise ConfigError(f"the unknown score 'relative_mahalanobis' needs the run's feature statistics "
+                          f"({STATISTICS_FILE}); this run has none: use --unknown-score msp or energy")
+    mean = flow_mean(features, inputs.flow_index, inputs.num_flows)
+    return inputs.statistics.distances(mean).min(dim=1).values - inputs.statistics.background_distances(mean)
 
 
 def check_config(cfg: Any) -> None:

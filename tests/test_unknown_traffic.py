@@ -35,7 +35,7 @@ from fedaux.unknown import (
 )
 from tests.conftest import REPO
 
-SCORES = ("msp", "energy", "mahalanobis")
+SCORES = ("msp", "energy", "mahalanobis", "relative_mahalanobis")
 QUIET = ["logging.progress=false", "logging.energy=false", "logging.plots=false", "logging.wandb.mode=disabled"]
 
 
@@ -90,6 +90,15 @@ def test_federated_feature_statistics_equal_the_centralised_ones(tmp_path):
     some = features[:7]
     direct = torch.stack([((some - stats.means[k]) @ stats.precision * (some - stats.means[k])).sum(1) for k in classes], 1)
     assert torch.allclose(stats.distances(some)[:, classes], direct)
+    # relative_mahalanobis' reference: the Gaussian of all labelled windows, class-agnostic
+    # (population covariance, OAS-shrunk with the intensity oas_shrinkage gives for it).
+    mean, precision = stats.background
+    assert torch.allclose(mean, features.mean(0))
+    whole = torch.cov(features.T, correction=0)
+    s = oas_shrinkage(whole, len(features))
+    shrunk = (1 - s) * whole + s * torch.trace(whole) / dim * torch.eye(dim, dtype=torch.float64)
+    assert torch.allclose(precision @ shrunk, torch.eye(dim, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(stats.background_distances(some), ((some - mean) @ precision * (some - mean)).sum(1))
 
     # The server adds them up the same way, and leaves out a base station that failed.
     server.sum_features(lambda s: [(0, per_station[0][1]), (1, "raised RuntimeError: gone"), (2, per_station[2][1])])
@@ -194,13 +203,13 @@ def test_auroc_agrees_with_torchmetrics():
 # ---------------------------------------------------------------------------------------- config
 def test_an_unknown_score_name_is_a_config_error_listing_the_valid_ones(trained, tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"model.unknown.score='nope' is not valid; choose one of "
-                                          r"\['msp', 'energy', 'mahalanobis'\]"):
+                                          r"\['msp', 'energy', 'mahalanobis', 'relative_mahalanobis'\]"):
         load_config(REPO / "conf" / "quic.yaml", ["model.unknown.score=nope"])
     with pytest.raises(ConfigError, match="model.unknown.shrinkage=1.5 must be in"):
         load_config(REPO / "conf" / "quic.yaml", ["model.unknown.shrinkage=1.5"])
     assert predict_main([str(trained.run_dir), "--data", "embedded:ucdavis_quic_script", "--unknown-score", "nope",
                          "--out", str(tmp_path / "p.csv")]) == 2
-    assert "--unknown-score='nope' is not valid; choose one of ['energy', 'mahalanobis', 'msp']" in capsys.readouterr().err
+    assert "--unknown-score='nope' is not valid; choose one of ['energy', 'mahalanobis', 'msp', 'relative_mahalanobis']" in capsys.readouterr().err
     assert set(UNKNOWN_SCORES.names()) >= set(SCORES)
 
 
