@@ -199,7 +199,8 @@ class FederatedConfig:
     # Worker processes take whole edge servers and fold their base stations' updates themselves
     # (fedaux/federated/edge_fold.py): the same weights bit for bit, one sum per edge server sent to
     # the main process instead of every update. Needs the fedavg rule; balances load by edge server.
-    fold_in_workers: bool = False
+    # null (auto): on where it can be and a round has >= 100 base stations per worker.
+    fold_in_workers: bool | None = None
     # How a local fit runs: auto (fedaux.federated.fit_loop's direct loop of the LightningModule's
     # hooks where it computes what Trainer.fit does, bit for bit, without the Trainer's per-fit cost;
     # Lightning's Trainer otherwise) | trainer (always Lightning's Trainer).

@@ -90,6 +90,19 @@ def test_edge_servers_folded_in_the_workers_equal_the_sequential_fold(tmp_path, 
     assert folded.orchestrator.edge_states.keys() == sequential.orchestrator.edge_states.keys()
 
 
+def test_the_workers_fold_by_default_from_100_base_stations_per_worker(tmp_path, monkeypatch):
+    import fedaux.federated.engines.workers as workers_module
+
+    assert not workers_module.fold_pays(199, 2) and workers_module.fold_pays(200, 2)
+    small = run(_cfg(tmp_path / "small", "federated.workers=2", "federated.rounds=1"))
+    assert small.orchestrator.engine.fold_asked is None and not small.orchestrator.engine.fold_in_workers
+    monkeypatch.setattr(workers_module, "FOLD_FROM_PER_WORKER", 4)  # 9 base stations, 2 workers: from 8
+    assert run(_cfg(tmp_path / "many", "federated.workers=2", "federated.rounds=1")).orchestrator.engine.fold_in_workers
+    # Where it cannot fold, the default quietly does not (asking for it is an error: below).
+    median = run(_cfg(tmp_path / "median", "federated.workers=2", "federated.rounds=1", "federated.aggregation=median"))
+    assert not median.orchestrator.engine.fold_in_workers
+
+
 def test_folding_in_the_workers_needs_a_linear_rule(tmp_path):
     with pytest.raises(ConfigError, match=r"fold_in_workers=true: federated.aggregation=median .* only fedavg"):
         run(_cfg(tmp_path, "federated.workers=2", "federated.fold_in_workers=true", "federated.aggregation=median",

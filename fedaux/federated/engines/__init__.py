@@ -57,7 +57,7 @@ def in_process(cfg: Any) -> Engine:
         return SequentialEngine(fed.client_timeout_s)
     from fedaux.federated.engines.workers import WorkerPoolEngine
 
-    return WorkerPoolEngine(workers, threads, fed.client_timeout_s, cfg, bool(fed.get("fold_in_workers", False)))
+    return WorkerPoolEngine(workers, threads, fed.client_timeout_s, cfg, fed.get("fold_in_workers"))
 
 
 @ENGINES.register("flower")

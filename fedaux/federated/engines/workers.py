@@ -45,6 +45,7 @@ from fedaux.federated.edge_fold import EdgeBatch, EdgeSum, fit_and_fold
 from fedaux.federated.engines.base import LocalEngine, timeout_reason
 from fedaux.federated.pipeline import LocalState
 from fedaux.federated.runtime import ClientFit, ClientRuntime, to_update
+from fedaux.federated.selection import clients_per_round
 from fedaux.plugins import import_plugins
 
 if TYPE_CHECKING:
@@ -362,6 +363,19 @@ def check_picklable(setup: WorkerSetup, cfg: Any = None) -> bytes:
                           f"{str(whole).splitlines()[0]}; run with federated.workers=1") from None
 
 
+# Base stations per worker per round from which folding in the workers is the default. On the
+# 2-core AMD EPYC VM (benchmarks/bench_edge_fold.py, 2 workers) it cost 1.04x / 1.02x the round at
+# 5 / 50 per worker (whole edge servers balance the load worse than single fits) and saved half
+# the round at 500 (0.53x: the main process no longer receives and folds 1,000 updates).
+FOLD_FROM_PER_WORKER = 100
+
+
+def fold_pays(clients_per_round: int, workers: int) -> bool:
+    """Whether ``federated.fold_in_workers: null`` folds in the workers: from
+    :data:`FOLD_FROM_PER_WORKER` base stations per worker per round."""
+    return clients_per_round >= FOLD_FROM_PER_WORKER * workers
+
+
 class WorkerPoolEngine(LocalEngine):
     """Fits in ``workers`` worker processes with ``threads`` torch threads each.
 
@@ -372,18 +386,23 @@ class WorkerPoolEngine(LocalEngine):
     """
 
     def __init__(self, workers: int, threads: int = 1, timeout_s: float | None = None, cfg: Any = None,
-                 fold_in_workers: bool = False) -> None:
+                 fold_in_workers: bool | None = False) -> None:
         if workers < 1 or threads < 1:
             raise ValueError(f"workers={workers} and threads={threads} must be at least 1")
         self.workers, self.threads, self.timeout_s, self.cfg = workers, threads, timeout_s, cfg
-        self.fold_in_workers = fold_in_workers
+        self.fold_asked = fold_in_workers  # None: decided by start() (fold_layout)
+        self.fold_in_workers = bool(fold_in_workers)
         self._pool: ClientWorkers | None = None
         start_fork_server()  # engines are built before the data: the server's imports overlap its loading
 
     def start(self, server: FederatedOrchestrator) -> None:
         if self._pool is None:
-            if self.fold_in_workers and (blocker := server.edge_fold_blocker()) is not None:
+            blocker = server.edge_fold_blocker()
+            if self.fold_asked and blocker is not None:
                 raise ConfigError(f"federated.fold_in_workers=true: {blocker}; or set it to false")
+            if self.fold_asked is None:
+                per_round = clients_per_round(len(server.data.clients), server.settings.fraction)
+                self.fold_in_workers = blocker is None and fold_pays(per_round, self.workers)
             setup = WorkerSetup(server.runtime, server.data.clients, self.threads, server.data.partition.edge_of_client)
             message = check_picklable(setup, self.cfg)
             plugins = list(self.cfg.plugins) if self.cfg is not None else []
