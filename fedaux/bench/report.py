@@ -249,13 +249,17 @@ def render(results: dict[str, Any], bench, command: str) -> str:
             engine = p.get("engine", "inprocess")
             if engine != "inprocess":
                 workers = "not counted (Ray's processes)"
-            lines.append(f"| {p['base_stations']} | {engine} | {p.get('workers', 1) if engine == 'inprocess' else '-'} "
+            folded = " (folding)" if p.get("fold_in_workers") else ""
+            lines.append(f"| {p['base_stations']} | {engine} | "
+                         f"{str(p.get('workers', 1)) + folded if engine == 'inprocess' else '-'} "
                          f"| {p['s_per_round']:.2f} | {p['peak_rss_mb']:.0f} "
                          f"| {p['rss_before_rounds_mb']:.0f} | {per_round} | {workers} | {p['data_mb']:.1f} "
                          f"| {p['state_mb']:.2f} | {p['state_mb'] * p['base_stations']:.0f} |")
         lines += ["", "The aggregator folds each update into one running sum per edge server, so a round never holds "
                   "a state per base station (last column: what keeping them would take); worker processes hold the "
-                  "model, the clients' windows and at most two updates each in flight.", ""]
+                  "model, the clients' windows and at most two updates each in flight, or, where they fold their "
+                  "edge servers themselves (`federated.fold_in_workers`, by default from 100 base stations per "
+                  "worker: \"(folding)\"), one running sum per edge server.", ""]
     if results.get("findings"):
         lines += ["## Findings", "", "Computed from the tables above (paired t-test at "
                   f"{alpha}; no statement here is typed by hand).", "", *results["findings"], ""]

@@ -68,6 +68,7 @@ def scale_point(config: Path, base_stations: int, rounds: int, overrides: list[s
         "rss_before_rounds_mb": rss_before_rounds,
         "rss_after_each_round_mb": memory.rss,
         "workers": getattr(orchestrator.engine, "workers", 1),
+        "fold_in_workers": bool(getattr(orchestrator.engine, "fold_in_workers", False)),
         "worker_rss_after_each_round_mb": memory.worker_rss,
         "rss_after_rounds_mb": _current_rss_mb(),
         "base_stations": base_stations,
