@@ -97,7 +97,8 @@ def test_one_bad_base_station_of_three_is_dropped_and_the_run_completes(tmp_path
     assert result.history[0]["comm/bytes_up/base_station-edge"] == 2 * result.history[0]["comm/bytes_up/edge-top"]
 
 
-@pytest.mark.parametrize("mode", ["raise", "nan", "die"])
+@pytest.mark.parametrize("mode", [pytest.param("raise", marks=pytest.mark.slow),
+                                  pytest.param("nan", marks=pytest.mark.slow), "die"])
 def test_a_bad_base_station_in_a_worker_that_folds_its_edge_server(tmp_path, caplog, mode):
     # One edge server per base station: a fit that raises or sends NaN costs that base station;
     # a worker that dies costs the batch it was folding (here that edge server's one base station).

@@ -70,9 +70,11 @@ def test_three_rounds_with_two_workers_equal_one_worker(tmp_path, extra):
 @pytest.mark.parametrize("extra", [
     (),  # FedAuxHMTL as configured
     # local state per base station (FedPer heads, DWA's history, own BatchNorm statistics), sampling
-    ("federated.strategy=fedper", "model.weighting.name=dwa", "federated.fraction=0.6", "federated.batchnorm=local"),
+    pytest.param(("federated.strategy=fedper", "model.weighting.name=dwa", "federated.fraction=0.6",
+                  "federated.batchnorm=local"), marks=pytest.mark.slow),
     # edge stages in the workers: int8 uplink decoded (with its error feedback) and clipped for central DP
-    ("federated.compression.uplink=int8", "privacy.mode=central", "privacy.noise_multiplier=0.01"),
+    pytest.param(("federated.compression.uplink=int8", "privacy.mode=central", "privacy.noise_multiplier=0.01"),
+                 marks=pytest.mark.slow),
 ])
 def test_edge_servers_folded_in_the_workers_equal_the_sequential_fold(tmp_path, extra):
     # Each worker fits whole edge servers in one batch and folds their updates itself; the
