@@ -106,8 +106,8 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
                              "(summary.json's suggested_min_confidence is a start)")
     parser.add_argument("--unknown-score", default=None, metavar="NAME",
                         help="the unknown score each row shows (unknown_score column; higher: less like any known "
-                             "class): msp, energy, mahalanobis or relative_mahalanobis; default: the run's model.unknown.score (msp with "
-                             "--model)")
+                             "class): msp, energy, mahalanobis or relative_mahalanobis; default: the run's "
+                             "model.unknown.score (msp with --model)")
     parser.add_argument("--unknown-threshold", default=None, metavar="T",
                         help="label a flow 'unknown' when its unknown score is above T; 'suggested': the threshold "
                              "that kept 95%% of the run's known held-out flows (summary.json)")

@@ -29,7 +29,7 @@ import torch
 from fedaux.data.samples import SampleSet
 from fedaux.federated.aggregation import EdgeOfClient, StreamingAverage, state_nbytes
 from fedaux.federated.hooks import ClientUpdate
-from fedaux.federated.pipeline import LocalState, StageContext, Update, UpdateRejected
+from fedaux.federated.pipeline import LocalState, StageContext, Update, UpdatePipeline, UpdateRejected
 from fedaux.federated.runtime import ClientRuntime, to_update
 from fedaux.federated.seeds import fit_seed
 
@@ -74,6 +74,22 @@ class EdgeSum:
     outcomes: list[tuple[int, ClientUpdate | str]]
 
 
+def edge_receive(pipeline: UpdatePipeline, update: ClientUpdate, payload: Mapping[str, torch.Tensor], seed: int,
+                 rnd: int, edge_state: LocalState | None) -> tuple[Update, LocalState, int]:
+    """One base station's update through its edge server's stages (decode, validate, clip), on
+    the server (:meth:`~fedaux.federated.orchestrator.FederatedOrchestrator.receive`) or in the
+    worker that folds the edge (:func:`fit_and_fold`) alike: ``(accepted, what the edge's stages
+    keep, bytes as sent)``.
+
+    Raises:
+        UpdateRejected: a stage refused it (the base station is dropped with the reason).
+    """
+    nbytes = state_nbytes(update.state) if update.state else 0  # as sent: after compression
+    arrived = Update(update.state, payload, update.client, update.num_samples, fit_seed(seed, rnd, update.client), nbytes)
+    accepted, kept = pipeline.edge_receive(arrived, StageContext(rnd), edge_state)
+    return accepted, kept, nbytes
+
+
 def fit_and_fold(runtime: ClientRuntime, clients: Sequence[SampleSet], payload: Mapping[str, torch.Tensor],
                  batch: EdgeBatch, edge_of_client: EdgeOfClient) -> EdgeSum:
     """Fit each base station of ``batch`` from ``payload`` and fold its update into the edge
@@ -90,11 +106,8 @@ def fit_and_fold(runtime: ClientRuntime, clients: Sequence[SampleSet], payload: 
             outcomes.append((client, f"raised {type(err).__name__}: {err}"))
             continue
         update = to_update(fit, edge_of_client)
-        nbytes = state_nbytes(update.state) if update.state else 0  # as sent: after compression
-        arrived = Update(update.state, dict(payload), client, update.num_samples,
-                         fit_seed(batch.seed, batch.rnd, client), nbytes)
         try:
-            accepted, kept = runtime.pipeline.edge_receive(arrived, StageContext(batch.rnd), edge_state)
+            accepted, kept, nbytes = edge_receive(runtime.pipeline, update, payload, batch.seed, batch.rnd, edge_state)
         except UpdateRejected as err:
             outcomes.append((client, f"update rejected: {err}"))
             continue

@@ -31,12 +31,13 @@ from fedaux.data.samples import FederatedData
 from fedaux.federated.aggregation import EdgeRule, TwoTierAggregator, cpu_state, state_nbytes
 from fedaux.federated.client import GlobalEvaluator
 from fedaux.federated.compression import Compression
+from fedaux.federated.edge_fold import edge_receive
 from fedaux.federated.errors import NotEnoughClients
 from fedaux.federated.hooks import ClientUpdate, RoundAggregate, RoundCallback
 from fedaux.federated.pipeline import LocalState, StageContext, Update, UpdateRejected
 from fedaux.federated.privacy import ClientLevelDP
 from fedaux.federated.runtime import ClientRuntime
-from fedaux.federated.seeds import edge_noise_seed, fit_seed
+from fedaux.federated.seeds import edge_noise_seed
 from fedaux.federated.selection import clients_per_round, select_clients
 from fedaux.unknown import FeatureSums
 
@@ -225,24 +226,18 @@ class FederatedOrchestrator:
         """Take one base station's update: its edge server's stages (decode, validate, clip), the
         hooks, then fold it into the edge's rule and drop its state, so a round holds one state
         per edge server however many base stations there are."""
-        nbytes = state_nbytes(update.state) if update.state else 0  # as sent: after compression
-        edge = update.edge
-        arrived = Update(update.state, self._payload, update.client, update.num_samples,
-                         fit_seed(self.seed, rnd, update.client), nbytes)
         try:
-            accepted, kept = self.pipeline.edge_receive(arrived, StageContext(rnd), self.edge_states.get(edge))
+            accepted, kept, nbytes = edge_receive(self.pipeline, update, self._payload, self.seed, rnd,
+                                                  self.edge_states.get(update.edge))
         except UpdateRejected as err:
             self.drop(rnd, update.client, f"update rejected: {err}")
             return
-        self._keep_edge_state(edge, kept)
+        self._keep_edge_state(update.edge, kept)
         update.state, update.nbytes = accepted.state, nbytes
         self._call("on_client_done", rnd, update)
         self._aggregator.add(update.client, update.state, update.num_samples)
         update.state = {}
-        if update.local_state is not None:  # in-process engines keep what each base station keeps
-            self.client_states[update.client] = update.local_state
-            update.local_state = None
-        self._received.append(update)
+        self._keep_received(update)
 
     def receive_folded(self, rnd: int, update: ClientUpdate) -> None:
         """Take one base station's update that went through its edge server's stages and was
@@ -250,7 +245,10 @@ class FederatedOrchestrator:
         ``update.state`` is empty, ``update.nbytes`` says what it sent; the hooks run and its local
         state is kept as in :meth:`receive`. The edge's sum arrives with :meth:`add_edge_sum`."""
         self._call("on_client_done", rnd, update)
-        if update.local_state is not None:
+        self._keep_received(update)
+
+    def _keep_received(self, update: ClientUpdate) -> None:
+        if update.local_state is not None:  # in-process engines keep what each base station keeps
             self.client_states[update.client] = update.local_state
             update.local_state = None
         self._received.append(update)

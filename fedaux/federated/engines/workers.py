@@ -390,7 +390,7 @@ class WorkerPoolEngine(LocalEngine):
         if workers < 1 or threads < 1:
             raise ValueError(f"workers={workers} and threads={threads} must be at least 1")
         self.workers, self.threads, self.timeout_s, self.cfg = workers, threads, timeout_s, cfg
-        self.fold_asked = fold_in_workers  # None: decided by start() (fold_layout)
+        self.fold_asked = fold_in_workers  # None: decided by start() (fold_pays)
         self.fold_in_workers = bool(fold_in_workers)
         self._pool: ClientWorkers | None = None
         start_fork_server()  # engines are built before the data: the server's imports overlap its loading
